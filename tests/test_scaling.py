@@ -108,6 +108,12 @@ def test_sweep_all_methods_exact_counts_resume_and_plot(
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
     # 3 budget forcing + 2 + 2 prompt runs + 2 class prompts + 2 sampled generations.
     assert len(runs) == 11
+    settings = sorted(name.rsplit("-", 1)[0] for name in runs)  # files are named by their setting
+    assert settings == sorted(
+        ["max4", "max8", "max8-waits1", "nomax-prompt", "nomax-prompt", "nomax-prompt", "nomax-prompt",
+         "max4-prompt", "max8-prompt", "nomax-sample0", "nomax-sample1"]
+    )  # fmt: skip
+    assert bf["max=8+1 waits"]["extra"]["num_waits"] == 1 and bf["max=8"]["extra"]["num_waits"] == 0
 
     # Resumable: a rerun evaluates nothing and gives the same results.
     import lm_eval
