@@ -351,8 +351,27 @@ def main(script_args: ScriptArguments, training_args, model_args) -> None:
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the logged losses and learning rates
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    if hasattr(trainer, "end"):  # transformers >= 5.18: finish trackers, destroy the process group
-        trainer.end()
+    teardown(trainer)
+
+
+def teardown(trainer) -> None:
+    """Finish every rank's collectives, then free the wrapped model, then destroy the process group.
+
+    Freeing a DDP model frees its gradient reducer, which holds the process group. If that is the last
+    reference (after ``destroy_process_group``), the group's destructor joins its worker threads while
+    the caller holds the GIL; a gloo worker still releasing the tensors of a just-finished all-gather
+    (the per-step loss / token-count gathers) needs the GIL for that, and both wait forever. Here the
+    barrier lets every rank's workers finish (its wait releases the GIL) while the slowest rank saves,
+    and the group is destroyed at one defined point, after everything that holds it is gone.
+    """
+    import gc
+
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()  # every rank is past its last collective (logging, saving)
+    accelerator.free_memory()  # drop the prepared (DDP) model, optimizer, scheduler and dataloaders
+    trainer.model_wrapped, trainer.optimizer, trainer.lr_scheduler = trainer.model, None, None
+    gc.collect()  # the reducer and its reference to the group go now, not at interpreter exit
+    accelerator.end_training()  # finish the trackers, destroy the group: its workers are joined here
 
 
 def make_parser():

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from procs import free_port, run
 
 pytest.importorskip("trl")
 pytest.importorskip("accelerate")
@@ -43,7 +44,8 @@ def workdir(tmp_path_factory, tokenizer):
     return path
 
 
-def launch(accelerate_config: str, *args: str) -> subprocess.CompletedProcess:
+def launch(accelerate_config: str, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    """``accelerate launch`` the recipe in its own process group, on a free port, with a deadline."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which(
         "accelerate"
     )
@@ -52,6 +54,8 @@ def launch(accelerate_config: str, *args: str) -> subprocess.CompletedProcess:
         "launch",
         "--config_file",
         str(ROOT / "recipes/accelerate_configs" / accelerate_config),
+        "--main_process_port",
+        str(free_port()),
     ]
     command += [
         str(ROOT / "recipes/sft.py"),
@@ -60,11 +64,7 @@ def launch(accelerate_config: str, *args: str) -> subprocess.CompletedProcess:
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (
-        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    )
-    return result
+    return run(command, cwd=ROOT, env=env, timeout=timeout)
 
 
 def logged_losses(output_dir: Path) -> list[float]:
@@ -73,6 +73,7 @@ def logged_losses(output_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)
 def test_single_process_launch_trains_and_saves(workdir, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -96,6 +97,7 @@ def test_single_process_launch_trains_and_saves(workdir, tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(480)
 def test_two_process_cpu_launch_from_scratch(workdir):
     out = workdir / "out-2proc"
     epochs = 3

@@ -12,7 +12,7 @@ Example:
 """
 
 from budget_forcing.formats import S1_FORMAT, THINK_FORMAT, ThinkingFormat, get_format
-from budget_forcing.processor import BudgetForcing, BudgetForcingLogitsProcessor, BudgetStats
+from budget_forcing.processor import BudgetForcing, BudgetForcingLogitsProcessor, BudgetStats, end_overhead
 from budget_forcing.stopping import BudgetForcingStoppingCriteria
 
 __version__ = "0.1.0"
@@ -25,5 +25,6 @@ __all__ = [
     "S1_FORMAT",
     "THINK_FORMAT",
     "ThinkingFormat",
+    "end_overhead",
     "get_format",
 ]

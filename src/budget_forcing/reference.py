@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from budget_forcing.core import token_strings
 from budget_forcing.formats import ThinkingFormat, encode_exact, get_format
-from budget_forcing.processor import _token_strings
 
 __all__ = ["ReferenceRow", "multicall_generate"]
 
@@ -99,7 +99,7 @@ def multicall_generate(
         eos.add(ids[0])
     attempts = sorted(eos | {end[0]})
     # Ids past the tokenizer's vocabulary (models pad their embeddings) decode to nothing.
-    strings = _token_strings(tokenizer)
+    strings = token_strings(tokenizer)
     ends_newline = [t.endswith("\n") for t in strings]
     is_space = [not t.strip() for t in strings]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

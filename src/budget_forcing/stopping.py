@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteria, StopStringCriteria
 
-from budget_forcing.processor import ANSWER, DONE, BudgetForcingLogitsProcessor, _token_strings
+from budget_forcing.core import token_strings
+from budget_forcing.processor import BudgetForcingLogitsProcessor
 
 __all__ = ["BudgetForcingStoppingCriteria"]
 
@@ -42,7 +43,7 @@ class BudgetForcingStoppingCriteria(StoppingCriteria):
             # A token that shares no character with any stop string: it stands in for every
             # non-answer token, so no match can reach back into thinking or the forced prefix.
             chars = set("".join(self.stop_strings))
-            strings = _token_strings(tokenizer)
+            strings = token_strings(tokenizer)
             neutral = next((i for i, t in enumerate(strings) if t and not (set(t) & chars)), None)
             if neutral is None:
                 raise ValueError(f"Stop strings {self.stop_strings!r} use every character of the vocabulary.")
@@ -51,18 +52,16 @@ class BudgetForcingStoppingCriteria(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         bf = self.processor
         bf.absorb(input_ids)
-        s = bf._state
-        if s is None:
+        stop = bf.finished
+        if stop is None:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        answer, phase = s["answer"], s["phase"]
-        stop = (phase == DONE) | ((phase == ANSWER) & (answer >= bf._max_answer))
         if self._matcher is not None:
             # Keep only the answer tokens of the tail the matcher looks at.
             tail = input_ids[:, -self._matcher.maximum_token_len :]
             back = torch.arange(tail.shape[1] - 1, -1, -1, device=tail.device)  # distance from the end
-            in_answer = (back < answer.to(tail.device)[:, None]) & (phase == ANSWER)[:, None].to(tail.device)
+            in_answer = back < bf.answer_tail.to(tail.device)[:, None]
             masked = torch.where(in_answer, tail, self._neutral)
             stop = stop | self._matcher(masked, scores).to(stop.device)
         # generate pads stopped rows from now on; freeze their statistics.
-        s["phase"] = phase.masked_fill(stop, DONE)
+        bf.finish_rows(stop)
         return stop.to(input_ids.device)
