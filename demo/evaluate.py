@@ -167,21 +167,42 @@ def _wait_series(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return base[:1] + waits
 
 
-def _label_points(ax: Any, xs: list[float], ys: list[float], labels: list[str], color: str, dy: int) -> None:
-    """Label points, joining the labels of points drawn at (nearly) the same place into one."""
+def _label_points(
+    ax: Any,
+    xs: list[float],
+    ys: list[float],
+    labels: list[str],
+    color: str,
+    offset: tuple[int, int],
+    alternate: bool = False,
+) -> None:
+    """Label points, joining the labels of points drawn at (nearly) the same place into one.
+
+    ``offset`` (points) puts the labels of one series on one side of its points (right and below,
+    left and above...), or with ``alternate`` every other label on the opposite side; a label that would
+    run into the x axis or the top goes to the other side.
+    """
     groups: list[tuple[float, float, list[str]]] = []
-    for x, y, label in sorted(zip(xs, ys, labels, strict=True)):
+    for x, y, label in sorted(zip(xs, ys, labels, strict=True), key=lambda t: (t[0], labels.index(t[2]))):
         if groups and x < 1.15 * groups[-1][0] and abs(y - groups[-1][1]) < 4:
             groups[-1][2].append(label)
         else:
             groups.append((x, y, [label]))
-    for x, y, names in groups:
+    dx, dy = offset
+    for i, (x, y, names) in enumerate(groups):
+        names = sorted(names, key=labels.index)
+        if alternate and i % 2:  # neighbours on the other side, so close points keep apart labels
+            dx, dy = -offset[0], -offset[1]
+        else:
+            dx, dy = offset
+        side = dy if 12 <= y <= 90 else (abs(dy) if y < 12 else -abs(dy))
         ax.annotate(
             ", ".join(names),
             (x, y),
             textcoords="offset points",
-            xytext=(0, dy),
-            ha="center",
+            xytext=(dx, side),
+            ha="left" if dx >= 0 else "right",
+            va="center",
             fontsize=8,
             color=color,
         )
@@ -201,12 +222,12 @@ def _plot(runs: list[dict[str, Any]], path: Path) -> Path:
     xs = [max(r["mean_thinking_tokens"], 1.0) for r in sweep]
     ys = [100 * r["accuracy"] for r in sweep]
     ax.plot(xs, ys, "o-", color="tab:blue", label="max budget sweep (0 Waits)")
-    _label_points(ax, xs, ys, [str(r["thinking_max"]) for r in sweep], "tab:blue", -13)
+    _label_points(ax, xs, ys, [str(r["thinking_max"]) for r in sweep], "tab:blue", (5, -9))
     if len(waits) > 1:
         wx = [max(r["mean_thinking_tokens"], 1.0) for r in waits]
         wy = [100 * r["accuracy"] for r in waits]
         ax.plot(wx, wy, "s--", color="tab:red", label=f"Wait sweep (max={waits[0]['thinking_max']})")
-        _label_points(ax, wx, wy, [f"{r['num_waits']}W" for r in waits], "tab:red", 7)
+        _label_points(ax, wx, wy, [f"{r['num_waits']}W" for r in waits], "tab:red", (-5, 8), alternate=True)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("mean thinking tokens (labels: budget, or number of Waits)")
     ax.set_ylabel("accuracy (%)")

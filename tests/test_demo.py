@@ -243,7 +243,8 @@ def test_scaling_merges_budgets_with_the_same_thinking_so_noise_cannot_swing_it(
 
     sweep = [run(0, 0.0, 0), run(16, 0.2, 16), run(32, 0.5, 32), run(64, 0.8, 50)]
     a = scaling_metrics([*sweep, run(128, 0.800, 50.0)])["max budgets"]
-    b = scaling_metrics([*sweep, run(128, 0.805, 50.1)])["max budgets"]  # a second run: 0.5 points, 0.1 tokens
+    # A second run of the same model: 0.5 points more over 0.1 tokens more.
+    b = scaling_metrics([*sweep, run(128, 0.805, 50.1)])["max budgets"]
     assert abs(a["scaling"] - b["scaling"]) < 0.5  # merged: the 0.1-token segment is gone
     assert abs(a["scaling_unmerged"] - b["scaling_unmerged"]) > 5  # the paper's curve as is: it swings
     assert b["merged"][-1] == "max=64 = max=128"

@@ -14,7 +14,16 @@ from budget_forcing.threads import THREAD_VARS, cgroup_cpu_limit, other_load, pi
 
 @pytest.mark.parametrize(
     ("cores", "load", "expected"),
-    [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 12.0, 1), (16, 3.2, 13), (16, 0.0, 16), (1, 0.0, 1)],
+    [
+        (2, 0.0, 2),
+        (2, 0.4, 2),
+        (2, 0.6, 1),
+        (2, 1.0, 1),
+        (2, 12.0, 1),
+        (16, 3.2, 13),
+        (16, 0.0, 16),
+        (1, 0.0, 1),
+    ],
 )
 def test_threads_are_the_cores_other_programs_leave_free(cores, load, expected):
     assert pick_threads(cores=cores, load=load) == expected
@@ -71,7 +80,9 @@ def test_running_tasks_read_from_proc_stat(tmp_path):
         (0.2, 4, 0.2),  # a burst right now that the last minute did not see: not worth giving cores up
     ],
 )
-def test_other_load_is_what_both_the_average_and_the_present_agree_on(monkeypatch, average, running, expected):
+def test_other_load_is_what_both_the_average_and_the_present_agree_on(
+    monkeypatch, average, running, expected
+):
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (average, 0.0, 0.0))
     monkeypatch.setattr(threads, "_running_tasks", lambda: running)
     assert other_load(samples=3, interval=0.0) == pytest.approx(expected)
