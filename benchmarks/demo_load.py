@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -36,10 +35,9 @@ for path in (ROOT, ROOT / "src"):
         sys.path.insert(0, str(path))
 
 
-def _spin() -> None:  # pragma: no cover - runs in a child process until terminated
-    x = 0
-    while True:
-        x += 1
+def _competitor() -> subprocess.Popen:
+    """A CPU-bound program of its own (own session, so the scheduler treats it as another program)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
 
 
 def prepare(workdir: Path, pool_size: int) -> tuple[Path, Path]:
@@ -119,9 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, data = prepare(Path(tmp), args.pool_size)
         for name, competitors, mode in settings:
-            spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(competitors)]
-            for p in spinners:
-                p.start()
+            spinners = [_competitor() for _ in range(competitors)]
+            time.sleep(2 if competitors else 0)  # let the load show before picking threads
             try:
                 if mode == "old":
                     threads, env = cores, old_env
@@ -134,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             finally:
                 for p in spinners:
                     p.terminate()
-                    p.join()
+                    p.wait()
             results.append((name, competitors, threads, per_step, wall))
             print(
                 f"{name:>26}: {threads} thread(s), {competitors} competitor(s): {per_step:.3f} s/step "

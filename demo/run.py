@@ -1,8 +1,9 @@
 """s1 in miniature, end to end on a laptop CPU: data selection, SFT, budget forcing, a scaling curve.
 
 1. ``data``: a synthetic pool in s1's schema (:mod:`demo.make_pool`: addition, subtraction and
-   mixed chains of small operations as domains, several difficulties, written-out traces, some
-   "Wait" self-corrections), a held-out evaluation set, the demo tokenizer (digits are single
+   mixed chains of small operations as domains, several difficulties, written-out traces: a quick
+   first pass, in 30% of them followed by "Wait" and a step-by-step re-check that fixes its slips),
+   a held-out evaluation set, the demo tokenizer (digits are single
    tokens) and a randomly initialised ~0.8M-parameter Qwen2 model.
 2. ``select``: the real selection recipe (``recipes/select_s1k.py all``): decontamination against the
    evaluation set, the untrained model as the difficulty filter's base model, math-verify grading,
@@ -13,7 +14,7 @@
 5. ``report``: the scaling plot, the Control / Scaling / Performance table and a markdown report.
 
 Usage:
-    make demo                       # fresh clone: venv, install, run (about 11 minutes on 2 cores)
+    make demo                       # fresh clone: venv, install, run (timings: docs/demo.md)
     python -m demo.run              # everything, outputs in demo_outputs/
     python -m demo.run --output_dir /tmp/demo --pool_size 400 --eval_size 40 --select_n 200 \
         --max_steps 50 --hidden_size 32 --num_layers 2 --budgets 0 32 --waits 1   # a one-minute try
