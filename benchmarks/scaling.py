@@ -52,7 +52,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+from budget_forcing.tasks import TASKS_DIR
+
 METHODS = (
     "budget_forcing",
     "token_conditional",
@@ -74,7 +75,7 @@ class SweepConfig:
     tasks: list[str] = field(default_factory=lambda: ["aime24_bf"], metadata={"help": "lm-eval task names."})
     include_path: list[str] = field(
         default_factory=list,
-        metadata={"help": "Extra task directories (benchmarks/tasks is always included)."},
+        metadata={"help": "Extra task directories (budget_forcing's packaged tasks are always included)."},
     )
     output_dir: str = field(default="scaling_results", metadata={"help": "Where runs, JSON and PNG go."})
     methods: list[str] = field(

@@ -5,16 +5,12 @@ import random
 import re
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `demo` lives at the repository root, next to `recipes` and `benchmarks`
-    sys.path.insert(0, str(REPO))
-
-from budget_forcing.formats import S1_FORMAT, encode_exact, get_format  # noqa: E402
-from demo.make_pool import (  # noqa: E402
+# `demo` lives at the repository root: `python -m pytest` (the test command) runs from there.
+from budget_forcing.formats import S1_FORMAT, encode_exact, get_format
+from demo.make_pool import (
     CHECK,
     CHUNK,
     FAMILIES,
@@ -26,7 +22,7 @@ from demo.make_pool import (  # noqa: E402
     make_rows,
     tokenizer_corpus,
 )
-from demo.tokenizer import demo_tokenizer  # noqa: E402
+from demo.tokenizer import demo_tokenizer
 
 
 def _expected_answer(row: dict) -> int:

@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("lm_eval")
 pytest.importorskip("matplotlib")
 
+from budget_forcing.tasks import TASKS_DIR  # noqa: E402
 from budget_forcing.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def task_dir(tmp_path_factory) -> Path:
         )
     )
     (path / "toy_bf.yaml").write_text(
-        f"include: {REPO / 'benchmarks' / 'tasks' / 'math500_bf.yaml'}\n"
+        f"include: {TASKS_DIR / 'math500_bf.yaml'}\n"
         "task: toy_bf\n"
         "dataset_kwargs:\n  data_key: toy\n  hub_path: none\n  hub_split: test\n"
         f"  data_file: {path / 'toy.jsonl'}\n"
