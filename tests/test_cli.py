@@ -182,10 +182,11 @@ def test_json_rows_match_the_processor_and_the_text(capsys, eager_dir):
     assert [
         (r["thinking_tokens"], r["answer_tokens"], r["waits"], r["ignored"], r["forced_end"]) for r in rows
     ] == (stats_rows(stats))
-    # The eager model tries to end at once: "Wait" (2 tokens) is injected until min=7 is reached,
-    # then it ends on its own; its answer repeats "</think>", which must not move the split.
+    # The eager model tries to end at once: "Wait" (2 tokens) is injected, then (s1's min_tokens=1)
+    # its best other token, until min=7 is reached; then it ends on its own. Its answer repeats
+    # "</think>", which must not move the split.
     for row in rows:
-        assert row["waits"] == 4 and row["thinking"] == "Wait" * 4 and row["thinking_tokens"] == 8
+        assert row["waits"] == 3 and row["thinking"].count("Wait") == 3 and row["thinking_tokens"] == 9
         assert row["forced_end"] is False
         assert row["answer"] == "</think>" * 3 and row["answer_tokens"] == 3
 
@@ -194,10 +195,11 @@ def test_waits_and_wait_string_reach_the_processor(capsys, eager_dir):
     base = ["generate", str(eager_dir), "--format", "think", "--max", "20", "--json", "-q", QUESTIONS[0]]
     _, out, _ = run_cli(capsys, base + ["--waits", "3", "--max-answer-tokens", "1"])
     row = json.loads(out)
-    assert (row["waits"], row["thinking"], row["thinking_tokens"]) == (3, "Wait" * 3, 6)
+    # The first thinking token and the token after each Wait are never attempts (s1's min_tokens=1).
+    assert (row["waits"], row["thinking"].count("Wait"), row["thinking_tokens"]) == (3, 3, 10)
     _, out, _ = run_cli(capsys, base + ["--waits", "2", "--wait", "Hmm", "--max-answer-tokens", "1"])
     row = json.loads(out)
-    assert row["waits"] == 2 and row["thinking"] == "Hmm" * 2
+    assert row["waits"] == 2 and row["thinking"].count("Hmm") == 2
     # --wait '' only suppresses the end: no text is injected, the attempts are still counted.
     _, out, _ = run_cli(capsys, base + ["--waits", "2", "--wait", "", "--max-answer-tokens", "1"])
     row = json.loads(out)
