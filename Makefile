@@ -1,10 +1,12 @@
 # Developer and demo commands. `make demo` works on a fresh clone: it creates .venv, installs the
-# CPU build of torch and the package with every extra, then runs "s1 in miniature" (~15 min on 2 cores).
+# CPU build of torch and the package with every extra, then runs "s1 in miniature".
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# torch comes from PyTorch's CPU wheel index (no CUDA wheels); where that index cannot be reached
+# (offline mirrors, a local wheel cache), one quick try and then the configured package index.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIP_ARGS ?=
 DEMO_ARGS ?=
 # vLLM's CPU build pins torch==2.13.0+cpu and transformers<5.20, so its tests run in their own venv.
@@ -18,7 +20,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
+		|| $(BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(BIN)/python -m pip install -e ".[all]"
 	touch $@
 

@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from budget_forcing import BudgetForcing
-from budget_forcing.reference import multicall_generate
+from budget_forcing.reference import hf_generate_fn, multicall_generate
 from budget_forcing.testing import Nudge, tiny_tokenizer
 
 SIZES = {  # Qwen2.5-0.5B's shape; "small" keeps CPU runs short
@@ -145,7 +145,8 @@ def one_pass_vs_multicall(tok, model, device: str, batch: int, budget: int) -> N
 
     def multi_call():
         ids = [tok.encode(t) for t in texts]
-        return multicall_generate(model, tok, ids, max_new_tokens=new_tokens, logits_processor=[nudge], **kw)
+        generate = hf_generate_fn(model, tok, logits_processor=[nudge])
+        return multicall_generate(generate, tok, ids, max_new_tokens=new_tokens, **kw)
 
     one_pass(), multi_call()  # warm-up
     sync(device)

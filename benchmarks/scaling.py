@@ -52,7 +52,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+from budget_forcing.tasks import TASKS_DIR
+
 METHODS = (
     "budget_forcing",
     "token_conditional",
@@ -74,7 +75,7 @@ class SweepConfig:
     tasks: list[str] = field(default_factory=lambda: ["aime24_bf"], metadata={"help": "lm-eval task names."})
     include_path: list[str] = field(
         default_factory=list,
-        metadata={"help": "Extra task directories (benchmarks/tasks is always included)."},
+        metadata={"help": "Extra task directories (budget_forcing's packaged tasks are always included)."},
     )
     output_dir: str = field(default="scaling_results", metadata={"help": "Where runs, JSON and PNG go."})
     methods: list[str] = field(
@@ -153,7 +154,19 @@ class RunSpec:
             "temperature": config.temperature if self.sample is not None else None,
             "seed": config.seed,
         }
-        return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.setting()}-{digest}"
+
+    def setting(self) -> str:
+        """The run's setting as a file name part, e.g. ``max64``, ``max192-waits2``, ``prompt-sample3``."""
+        parts = ["nomax" if self.thinking_max is None else f"max{self.thinking_max}"]
+        if self.num_waits:
+            parts.append(f"waits{self.num_waits}")
+        if self.suffix:
+            parts.append("prompt")
+        if self.sample is not None:
+            parts.append(f"sample{self.sample}")
+        return "-".join(parts)
 
 
 class Runner:
@@ -410,7 +423,8 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     for task in tasks:
         points: dict[str, list] = {}
         for method, label, spec, a_min, a_max in plan:
-            points.setdefault(method, []).append(_point(label, done[spec][task], a_min, a_max))
+            point = _point(label, done[spec][task], a_min, a_max, num_waits=spec.num_waits)
+            points.setdefault(method, []).append(point)
         if sampled_specs:
             points.update(_sampled_points(config, [done[s] for s in sampled_specs], task))
         results["tasks"][task] = {
@@ -436,8 +450,17 @@ def plot(results: dict[str, Any], path: str | Path) -> Path:
     for ax, task in zip(axes[0], tasks, strict=True):
         for method, data in results["tasks"][task].items():
             pts = sorted(data["points"], key=lambda p: p["mean_thinking"])
-            xs = [max(p["mean_thinking"], 1.0) for p in pts]  # log-x: a run that did not think sits at 1
-            ax.plot(xs, [p["accuracy_pct"] for p in pts], marker="o", label=method.replace("_", " "))
+            waits = [p for p in pts if p["extra"].get("num_waits")]  # the Wait sweep: its own series
+            series = [(method.replace("_", " "), "o-", [p for p in pts if p not in waits])]
+            if waits:
+                cap = waits[0]["a_max"]
+                top = [p for p in series[0][2] if p["a_max"] == cap]  # 0 waits at the same maximum
+                series.append((f"{series[0][0]} + N Waits (max={cap})", "s--", top + waits))
+            for name, style, sel in series:
+                if not sel:
+                    continue
+                xs = [max(p["mean_thinking"], 1.0) for p in sel]  # log-x: a run that did not think sits at 1
+                ax.plot(xs, [p["accuracy_pct"] for p in sel], style, label=name)
         top = max(
             (p["accuracy_pct"] for d in results["tasks"][task].values() for p in d["points"]), default=0
         )

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,11 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     from datasets import Dataset, disable_progress_bars
 
-    from recipes.s1k.config import DecontaminateConfig, SelectionConfig
-    from recipes.s1k.decontaminate import decontaminate
-    from recipes.s1k.pipeline import load_config, run_decontaminate, run_select
-    from recipes.s1k.selection import select_indices
-    from recipes.s1k.synthetic import make_pool
+    from budget_forcing.selection.algorithm import select_indices
+    from budget_forcing.selection.config import DecontaminateConfig, SelectionConfig
+    from budget_forcing.selection.decontaminate import decontaminate
+    from budget_forcing.selection.pipeline import load_config, run_decontaminate, run_select
+    from budget_forcing.selection.synthetic import make_pool
 
     disable_progress_bars()
     t0 = time.perf_counter()

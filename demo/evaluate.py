@@ -90,10 +90,49 @@ def evaluate(args: DemoArguments, out: Path, model_dir: str, eval_path: str) -> 
     return {"runs": runs, "task": task, "sweep": results["tasks"][task]}
 
 
+#: Points whose mean thinking differs by less than this factor count as one budget (ties merged).
+MERGE_WITHIN = 1.1
+
+
+def merged_curve(points: list[Any], within: float = MERGE_WITHIN) -> list[Any]:
+    """``points`` (``ScalingPoint`` s) sorted by thinking, neighbours closer than ``within`` x merged.
+
+    A budget past the model's natural thinking length changes nothing: two budgets then give (nearly)
+    the same thinking, and the slope between them is noise over a width of a fraction of a token. The
+    merged point has the pooled thinking tokens and the mean accuracy of the points it replaces.
+    """
+    from budget_forcing.metrics import ScalingPoint
+
+    groups: list[list[Any]] = []
+    for p in sorted(points, key=lambda p: p.mean_thinking):
+        if groups and max(p.mean_thinking, 1.0) < within * max(groups[-1][0].mean_thinking, 1.0):
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    return [
+        g[0]
+        if len(g) == 1
+        else ScalingPoint(
+            " = ".join(p.label for p in g),
+            sum(p.accuracy for p in g) / len(g),
+            [t for p in g for t in p.thinking_tokens],
+            a_min=g[0].a_min,
+            a_max=max(p.a_max for p in g),
+        )
+        for g in groups
+    ]
+
+
 def scaling_metrics(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """s1's Control / Scaling / Performance (``budget_forcing.metrics``) of the max-budget sweep alone
-    and of the sweep with the "Wait" points."""
-    from budget_forcing.metrics import ScalingPoint, summarize
+    """s1's Control / Scaling / Performance (``budget_forcing.metrics``) of the max-budget sweep and of
+    the "Wait" sweep (0, 1, 2, 4... Waits at the largest budget).
+
+    Scaling is the paper's mean slope of the piecewise-linear curve (accuracy points per doubling of
+    thinking tokens), taken over the budgets after merging those whose mean thinking is within 10%
+    of each other (:func:`merged_curve`): two runs of the same model then differ by noise over real
+    widths, not by 0.5 points over 0.1 tokens.
+    """
+    from budget_forcing.metrics import ScalingPoint, control, performance, scaling
 
     def points(selected: list[dict[str, Any]]) -> list[ScalingPoint]:
         return [
@@ -101,11 +140,72 @@ def scaling_metrics(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for r in selected
         ]
 
+    def summary(pts: list[ScalingPoint]) -> dict[str, Any]:
+        merged = merged_curve(pts)
+        return {
+            "control": control(pts),
+            "scaling": scaling(merged),
+            "scaling_unmerged": scaling(pts),
+            "performance": performance(pts),
+            "merged": [p.label for p in merged],
+        }
+
     sweep = [r for r in runs if r["num_waits"] == 0]
-    out = {"budget forcing (max budgets)": summarize(points(sweep))}
-    if len(sweep) < len(runs):
-        out["budget forcing + Wait"] = summarize(points(runs))
+    out = {"max budgets": summary(points(sweep))}
+    waits = _wait_series(runs)
+    if len(waits) > 1:
+        out[f"Waits at max={waits[0]['thinking_max']}"] = summary(points(waits))
     return out
+
+
+def _wait_series(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Wait sweep: the 0-Wait run at the Waits' budget, then the Wait runs by count."""
+    waits = sorted((r for r in runs if r["num_waits"] > 0), key=lambda r: r["num_waits"])
+    if not waits:
+        return []
+    base = [r for r in runs if r["num_waits"] == 0 and r["thinking_max"] == waits[0]["thinking_max"]]
+    return base[:1] + waits
+
+
+def _label_points(
+    ax: Any,
+    xs: list[float],
+    ys: list[float],
+    labels: list[str],
+    color: str,
+    offset: tuple[int, int],
+    alternate: bool = False,
+) -> None:
+    """Label points, joining the labels of points drawn at (nearly) the same place into one.
+
+    ``offset`` (points) puts the labels of one series on one side of its points (right and below,
+    left and above...), or with ``alternate`` every other label on the opposite side; a label that would
+    run into the x axis or the top goes to the other side.
+    """
+    groups: list[tuple[float, float, list[str]]] = []
+    for x, y, label in sorted(zip(xs, ys, labels, strict=True), key=lambda t: (t[0], labels.index(t[2]))):
+        if groups and x < 1.15 * groups[-1][0] and abs(y - groups[-1][1]) < 4:
+            groups[-1][2].append(label)
+        else:
+            groups.append((x, y, [label]))
+    dx, dy = offset
+    for i, (x, y, names) in enumerate(groups):
+        names = sorted(names, key=labels.index)
+        if alternate and i % 2:  # neighbours on the other side, so close points keep apart labels
+            dx, dy = -offset[0], -offset[1]
+        else:
+            dx, dy = offset
+        side = dy if 12 <= y <= 90 else (abs(dy) if y < 12 else -abs(dy))
+        ax.annotate(
+            ", ".join(names),
+            (x, y),
+            textcoords="offset points",
+            xytext=(dx, side),
+            ha="left" if dx >= 0 else "right",
+            va="center",
+            fontsize=8,
+            color=color,
+        )
 
 
 def _plot(runs: list[dict[str, Any]], path: Path) -> Path:
@@ -115,45 +215,48 @@ def _plot(runs: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     sweep = sorted((r for r in runs if r["num_waits"] == 0), key=lambda r: r["thinking_max"])
-    waits = [r for r in runs if r["num_waits"] > 0]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    xs = [r["mean_thinking_tokens"] for r in sweep]
-    ax.plot(xs, [100 * r["accuracy"] for r in sweep], "o-", label="budget forcing (max budget)")
-    for r, x in zip(sweep, xs, strict=True):
-        ax.annotate(
-            str(r["thinking_max"]), (x, 100 * r["accuracy"]), textcoords="offset points", xytext=(4, -12)
-        )
-    if waits:
-        ax.plot(
-            [r["mean_thinking_tokens"] for r in waits],
-            [100 * r["accuracy"] for r in waits],
-            "s--",
-            color="tab:red",
-            label=f'+ N x "Wait" (max {sweep[-1]["thinking_max"]})',
-        )
-        for r in waits:
-            ax.annotate(
-                f"{r['num_waits']}",
-                (r["mean_thinking_tokens"], 100 * r["accuracy"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                color="tab:red",
-            )
-    ax.set_xlabel("mean thinking tokens")
+    waits = _wait_series(runs)
+    panels = 3 if len(waits) > 1 else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4))
+    ax = axes[0]
+    xs = [max(r["mean_thinking_tokens"], 1.0) for r in sweep]
+    ys = [100 * r["accuracy"] for r in sweep]
+    ax.plot(xs, ys, "o-", color="tab:blue", label="max budget sweep (0 Waits)")
+    _label_points(ax, xs, ys, [str(r["thinking_max"]) for r in sweep], "tab:blue", (5, -9))
+    if len(waits) > 1:
+        wx = [max(r["mean_thinking_tokens"], 1.0) for r in waits]
+        wy = [100 * r["accuracy"] for r in waits]
+        ax.plot(wx, wy, "s--", color="tab:red", label=f"Wait sweep (max={waits[0]['thinking_max']})")
+        _label_points(ax, wx, wy, [f"{r['num_waits']}W" for r in waits], "tab:red", (-5, 8), alternate=True)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("mean thinking tokens (labels: budget, or number of Waits)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Test-time scaling of the demo model")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 105)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", fontsize=8)
     domains = sorted(sweep[0]["by_domain"])
+    ax2 = axes[1]
     for d in domains:
-        ax2.plot([r["thinking_max"] for r in sweep], [100 * r["by_domain"][d] for r in sweep], "o-", label=d)
-    ax2.set_xlabel("maximum thinking tokens (budget)")
+        ax2.plot(range(len(sweep)), [100 * r["by_domain"][d] for r in sweep], "o-", label=d)
+    ax2.set_xticks(range(len(sweep)), [str(r["thinking_max"]) for r in sweep])
+    ax2.set_xlabel("maximum thinking tokens (0 Waits)")
     ax2.set_ylabel("accuracy (%)")
-    ax2.set_title("By task family")
-    ax2.set_ylim(0, 100)
+    ax2.set_title("Max budget sweep by task family")
+    ax2.set_ylim(0, 105)
     ax2.grid(alpha=0.3)
-    ax2.legend(loc="lower right")
+    ax2.legend(loc="upper left", fontsize=8)
+    if len(waits) > 1:
+        ax3 = axes[2]
+        for d in domains:
+            ax3.plot(range(len(waits)), [100 * r["by_domain"][d] for r in waits], "s--", label=d)
+        ax3.set_xticks(range(len(waits)), [str(r["num_waits"]) for r in waits])
+        ax3.set_xlabel(f'forced "Wait"s (max={waits[0]["thinking_max"]})')
+        ax3.set_ylabel("accuracy (%)")
+        ax3.set_title("Wait sweep by task family")
+        ax3.set_ylim(0, 105)
+        ax3.grid(alpha=0.3)
+        ax3.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -187,25 +290,28 @@ def write_report(out: Path, summary: dict[str, Any], timer: Any) -> dict[str, Pa
     metrics = scaling_metrics(runs)
     summary["metrics"] = metrics
     plot = _plot(runs, out / "scaling.png")
-    csp = "| method | Control | Scaling | Performance |\n|---|---|---|---|\n" + "\n".join(
-        f"| {name} | {m['control']:.0f}% | {m['scaling']:.1f} | {m['performance']:.1f} |"
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f}"
+
+    csp = "| budget forcing | Control | Scaling | Performance |\n|---|---|---|---|\n" + "\n".join(
+        f"| {name} | {m['control']:.0f}% | {fmt(m['scaling'])} | {m['performance']:.1f} |"
         for name, m in metrics.items()
     )
     table = out / "table.md"
     table.write_text(csp + "\n\n" + _table(runs) + "\n")
-    sweep = sorted((r for r in runs if r["num_waits"] == 0), key=lambda r: r["thinking_max"])
-    waits = [r for r in runs if r["num_waits"] > 0]
-    top = sweep[-1]
-    if waits:
-        best_wait = max(waits, key=lambda r: r["accuracy"])
-        delta = 100 * (best_wait["accuracy"] - top["accuracy"])
+    waits = _wait_series(runs)
+    if len(waits) > 1:
+        top = waits[0]
+        steps = ", ".join(f"{r['num_waits']}: {100 * r['accuracy']:.1f}%" for r in waits)
+        delta = 100 * (max(r["accuracy"] for r in waits[1:]) - top["accuracy"])
+        effect = "raises" if delta > 0.5 else "does not change" if delta > -0.5 else "lowers"
         verdict = (
-            f'"Wait" extension {"helps" if delta > 0.5 else "does not help" if delta > -0.5 else "hurts"} this '
-            f"model: the best wait setting ({best_wait['name']}) scores {100 * best_wait['accuracy']:.1f}% vs "
-            f"{100 * top['accuracy']:.1f}% without waits ({delta:+.1f} points)."
+            f'Forcing "Wait" {effect} accuracy at max={top["thinking_max"]} (Waits: accuracy: {steps}; '
+            f"best {delta:+.1f} points over no Wait)."
         )
     else:
-        verdict = "No wait settings were evaluated."
+        verdict = "No Wait settings were evaluated."
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in timer.stages.items())
     sel_lines = []
     for stage, rep in summary.get("selection", {}).items():
@@ -235,9 +341,10 @@ def write_report(out: Path, summary: dict[str, Any], timer: Any) -> dict[str, Pa
         "the questions the selection recipe picked from a synthetic pool, evaluated through lm-eval "
         "(`hf-budget-forcing`) on held-out questions.\n\n"
         f"![scaling](scaling.png)\n\n## Control / Scaling / Performance\n\n{csp}\n\n"
-        "Control: share of budgets whose average thinking stayed within the budget. Scaling: mean slope of "
-        "the accuracy curve, in accuracy points per doubling of thinking tokens (`budget_forcing.metrics`). "
-        "Performance: best accuracy (%).\n\n"
+        "Control: share of runs whose average thinking stayed within the budget. Scaling: the paper's mean "
+        "slope of the piecewise-linear curve of accuracy against thinking tokens, in accuracy points per "
+        "doubling of thinking tokens, over the budgets with ties merged (runs within 10% of each other's "
+        "mean thinking count as one point). Performance: best accuracy (%).\n\n"
         f"## Every setting\n\n{_table(runs)}\n\n{verdict}\n\n"
         "## Selection\n\n" + ("\n".join(sel_lines) or "(no reports)") + "\n\n"
         f"## Training\n\n{loss_line or '(no training log)'}"

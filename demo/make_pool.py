@@ -84,36 +84,60 @@ LEVELS = {"addition": 6, "subtraction": 5, "mixed": 5}
 FAMILIES = tuple(LEVELS)
 
 
-def _near_miss(value: int, rng: random.Random) -> int:
-    """A wrong result one digit away from ``value``, as a slip of the pen would give."""
-    digits = list(str(value))
-    i = rng.randrange(len(digits))
-    choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0" and len(digits) > 1)]
-    digits[i] = rng.choice(choices)
-    return int("".join(digits))
+#: Share of traces whose first pass is followed by "Wait" and a step-by-step re-check: after the
+#: selection (which prefers long traces) about half the training traces, and a minority (~30%) of
+#: those as long as the evaluation questions, so the model learns the re-check without doing it
+#: unasked.
+P_WAIT = 0.3
+#: Operations a first pass does at once ("94+2+9+8=113"): quick, and where slips happen.
+CHUNK = 3
+#: Second "Wait" after a re-check: "Wait, the check stands: 113." (shares of 0, 1 and 2 confirmations).
+CONFIRMATIONS = (0.6, 0.25, 0.15)
+CHECK = "Wait, let me check it step by step."
 
 
-def _rewrite(
-    start: int, terms: list[tuple[str, int]], rng: random.Random, p_wait: float
+def _slip(value: int, rng: random.Random) -> int:
+    """A wrong result a slip of the mind gives: a lost or extra carry (+-10) or off by one (+-1)."""
+    options = [value + d for d in (-10, -1, 1, 10) if value + d >= 0]
+    return rng.choice(options)
+
+
+def _expression(start: int, terms: list[tuple[str, int]]) -> str:
+    return f"{start}" + "".join(f"{op}{n}" for op, n in terms)
+
+
+def _first_pass(
+    start: int, terms: list[tuple[str, int]], rng: random.Random, slip_at: int | None
 ) -> tuple[list[str], int]:
-    """Lines that evaluate ``start`` followed by ``terms`` left to right, one operation at a time.
+    """The quick pass: up to ``CHUNK`` operations per line (``94+2+9+8=113``), then the rest rewritten.
 
-    Each operation is written out with its operands (``94+2=96``), then the expression is rewritten
-    with the result in their place (``96+39+48``), so every step only needs the two lines above it.
-    With probability ``p_wait`` an operation is followed by ``Wait, let me check: 94+2=96``, which
-    confirms it two times in three and fixes a slip in its result one time in three.
+    A slip in chunk ``slip_at`` (its result off by one or a carry) carries on into the following lines,
+    so the pass ends on a wrong answer, as a hurried first pass does.
     """
-    lines = [f"{start}" + "".join(f"{op}{n}" for op, n in terms)]
+    lines = [_expression(start, terms)]
+    total = start
+    chunks = [terms[i : i + CHUNK] for i in range(0, len(terms), CHUNK)]
+    for i, chunk in enumerate(chunks):
+        new = total + sum(n if op == "+" else -n for op, n in chunk)
+        if i == slip_at:
+            new = _slip(new, rng)
+        lines.append(f"{_expression(total, chunk)}={new}")
+        rest = [t for c in chunks[i + 1 :] for t in c]
+        if rest:
+            lines.append(_expression(new, rest))
+        total = new
+    return lines, total
+
+
+def _step_by_step(start: int, terms: list[tuple[str, int]]) -> tuple[list[str], int]:
+    """The careful re-check: one operation per line (``94+2=96``), then the rest rewritten."""
+    lines = []
     total = start
     for i, (op, n) in enumerate(terms):
         new = total + n if op == "+" else total - n
-        if rng.random() < p_wait:  # one slip fixed for every two correct steps confirmed
-            first = _near_miss(new, rng) if rng.random() < 1 / 3 else new
-            lines += [f"{total}{op}{n}={first}", f"Wait, let me check: {total}{op}{n}={new}"]
-        else:
-            lines.append(f"{total}{op}{n}={new}")
+        lines.append(f"{total}{op}{n}={new}")
         if i + 1 < len(terms):
-            lines.append(f"{new}" + "".join(f"{o}{m}" for o, m in terms[i + 1 :]))
+            lines.append(_expression(new, terms[i + 1 :]))
         total = new
     return lines, total
 
@@ -121,24 +145,25 @@ def _rewrite(
 def _question(start: int, terms: list[tuple[str, int]], rng: random.Random, p_wait: float):
     """Question, trace, answer and worked solution of ``start`` followed by ``terms``.
 
-    The trace ends with ``So the answer is <value>.``. With probability ``2 * p_wait`` the answer is
-    then checked (``Wait, let me check:`` the last operation, then the answer again): two times in
-    three it is confirmed, one time in three it had a slip in the last operation that the check
-    fixes. That is what a forced "Wait" at the end of thinking leads into.
+    Every trace starts with a quick first pass and ``So the answer is <value>.``. With probability
+    ``p_wait`` it goes on with ``Wait, let me check it step by step.``, redoes the whole chain one
+    operation at a time and states the (possibly corrected) answer again; half of these first passes
+    had a slip that the re-check fixes. A re-checked trace may then confirm once or twice more
+    (``Wait, the check stands: <value>.``), what a second forced "Wait" leads into.
     """
-    expression = f"{start}" + "".join(f"{op}{n}" for op, n in terms)
-    lines, total = _rewrite(start, terms, rng, p_wait)
-    op, n = terms[-1]
-    last = f"{total - n if op == '+' else total + n}{op}{n}"
-    draw = rng.random()
-    if draw < 2 * p_wait / 3 and lines[-1].startswith(last + "="):  # a slip in the last operation, caught
-        slip = _near_miss(total, rng)
-        lines[-1] = f"{last}={slip}"
-        lines += [f"So the answer is {slip}.", f"Wait, let me check: {last}={total}"]
-    elif draw < 2 * p_wait:  # a right answer, checked and confirmed
-        lines += [f"So the answer is {total}.", f"Wait, let me check: {last}={total}"]
-    trace = "\n".join([*lines, f"So the answer is {total}."])
-    return f"What is {expression}?", trace, total, f"{expression} = {total}"
+    expression = _expression(start, terms)
+    checked = rng.random() < p_wait
+    n_chunks = -(-len(terms) // CHUNK)
+    slip_at = rng.randrange(n_chunks) if checked and rng.random() < 0.5 else None
+    lines, first = _first_pass(start, terms, rng, slip_at)
+    lines.append(f"So the answer is {first}.")
+    total = first
+    if checked:
+        careful, total = _step_by_step(start, terms)
+        lines += [CHECK, *careful, f"So the answer is {total}."]
+        confirmations = rng.choices(range(len(CONFIRMATIONS)), weights=CONFIRMATIONS)[0]
+        lines += [f"Wait, the check stands: {total}."] * confirmations
+    return f"What is {expression}?", "\n".join(lines), total, f"{expression} = {total}"
 
 
 def _addition(rng: random.Random, level: int, p_wait: float) -> tuple[str, str, int, str]:
@@ -166,7 +191,7 @@ _MAKERS: dict[str, Callable[[random.Random, int, float], tuple[str, str, int, st
 }
 
 
-def make_row(family: str, rng: random.Random, difficulty: int, p_wait: float = 0.1) -> dict:
+def make_row(family: str, rng: random.Random, difficulty: int, p_wait: float = P_WAIT) -> dict:
     """One pool row of ``family`` at ``difficulty`` (1..4), in s1K's schema."""
     if family not in _MAKERS:
         raise ValueError(f"Unknown task family {family!r}; use one of {list(FAMILIES)}.")
@@ -189,13 +214,14 @@ def make_row(family: str, rng: random.Random, difficulty: int, p_wait: float = 0
 def make_rows(
     n: int,
     seed: int,
-    p_wait: float = 0.1,
+    p_wait: float = P_WAIT,
     families: tuple[str, ...] = FAMILIES,
     exclude: set[str] | None = None,
+    min_level: int | dict[str, int] = 1,
 ) -> list[dict]:
     """Up to ``n`` rows with distinct questions, none in ``exclude``, cycling through ``families``.
 
-    Difficulty is uniform over each family's levels. A family with no new question left stops
+    Difficulty is uniform over each family's levels from ``min_level`` up. A family with no new question left stops
     contributing, so fewer than ``n`` rows can come back.
     """
     rng = random.Random(seed)
@@ -206,7 +232,8 @@ def make_rows(
     while len(rows) < n and active:
         family = active[i % len(active)]
         for _ in range(200):
-            row = make_row(family, rng, rng.randint(1, LEVELS[family]), p_wait)
+            lowest = min_level.get(family, 1) if isinstance(min_level, dict) else min_level
+            row = make_row(family, rng, rng.randint(min(lowest, LEVELS[family]), LEVELS[family]), p_wait)
             if row["question"] not in seen:
                 seen.add(row["question"])
                 rows.append(row)
@@ -236,7 +263,7 @@ def _defects(rows: list[dict], fresh: list[dict], rng: random.Random) -> list[di
 def make_pool(
     pool_size: int,
     seed: int = 0,
-    p_wait: float = 0.1,
+    p_wait: float = P_WAIT,
     defective: float = 0.03,
     exclude: set[str] | None = None,
 ) -> list[dict]:
@@ -251,9 +278,16 @@ def make_pool(
     return rows
 
 
-def make_eval_set(size: int, seed: int = 12345) -> list[dict]:
-    """Held-out evaluation questions, families in turn, no self-corrections in their traces."""
-    rows = make_rows(size, seed, p_wait=0.0)
+#: Easiest level of each family's evaluation questions: four operations and more (two quick chunks
+#: or more), where first passes slip.
+EVAL_MIN_LEVEL = {"addition": 4, "subtraction": 4, "mixed": 3}
+
+
+def make_eval_set(
+    size: int, seed: int = 12345, min_level: int | dict[str, int] = EVAL_MIN_LEVEL
+) -> list[dict]:
+    """Held-out evaluation questions, families in turn, levels ``min_level`` and up, no re-checks."""
+    rows = make_rows(size, seed, p_wait=0.0, min_level=min_level)
     if len(rows) < size:
         raise ValueError(f"Only {len(rows)} distinct evaluation questions exist; ask for fewer than {size}.")
     return rows

@@ -1,8 +1,9 @@
 """s1 in miniature, end to end on a laptop CPU: data selection, SFT, budget forcing, a scaling curve.
 
 1. ``data``: a synthetic pool in s1's schema (:mod:`demo.make_pool`: addition, subtraction and
-   mixed chains of small operations as domains, several difficulties, written-out traces, some
-   "Wait" self-corrections), a held-out evaluation set, the demo tokenizer (digits are single
+   mixed chains of small operations as domains, several difficulties, written-out traces: a quick
+   first pass, in 30% of them followed by "Wait" and a step-by-step re-check that fixes its slips),
+   a held-out evaluation set, the demo tokenizer (digits are single
    tokens) and a randomly initialised ~0.8M-parameter Qwen2 model.
 2. ``select``: the real selection recipe (``recipes/select_s1k.py all``): decontamination against the
    evaluation set, the untrained model as the difficulty filter's base model, math-verify grading,
@@ -13,7 +14,7 @@
 5. ``report``: the scaling plot, the Control / Scaling / Performance table and a markdown report.
 
 Usage:
-    make demo                       # fresh clone: venv, install, run (about 11 minutes on 2 cores)
+    make demo                       # fresh clone: venv, install, run (timings: docs/demo.md)
     python -m demo.run              # everything, outputs in demo_outputs/
     python -m demo.run --output_dir /tmp/demo --pool_size 400 --eval_size 40 --select_n 200 \
         --max_steps 50 --hidden_size 32 --num_layers 2 --budgets 0 32 --waits 1   # a one-minute try
@@ -35,8 +36,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 __all__ = ["DemoArguments", "main"]
 
@@ -75,7 +74,13 @@ class DemoArguments:
     )
     sft_config: str = field(default="demo/configs/sft.yaml", metadata={"help": "SFT recipe."})
     eval_config: str = field(default="demo/configs/eval.yaml", metadata={"help": "Evaluation settings."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (the demo targets 2 cores)."})
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads of every stage; default: the cores other programs leave free "
+            "(budget_forcing.threads.pick_threads)."
+        },
+    )
 
 
 class Timer:
@@ -103,29 +108,38 @@ def _load_yaml(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
+def _echo(chunk: bytes) -> None:
+    """Write a child's raw output to our stdout (bytes if it has a buffer, else text)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.write(chunk)
+        buffer.flush()
+    else:
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+
+
 def _subprocess(cmd: list[str], log: Path, threads: int) -> None:
     """Run a recipe from the repository root; output goes to the terminal and to ``log``."""
+    from budget_forcing.threads import thread_env
+
     env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "TOKENIZERS_PARALLELISM": "false",
+        **thread_env(threads),
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     }
     print("$ " + " ".join(cmd), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
+    # Bytes as they come, so progress bars (which redraw with "\r") stay live on the terminal.
     with (
-        log.open("w") as f,
-        subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        ) as proc,
+        log.open("wb") as f,
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc,
     ):
         assert proc.stdout is not None
-        for line in proc.stdout:
-            f.write(line)
-            sys.stdout.write(line)
-            sys.stdout.flush()
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            f.write(chunk)
+            _echo(chunk)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} ... failed with exit code {proc.returncode}; see {log}")
 
@@ -234,12 +248,39 @@ def stage_sft(
     return {"model": str(model_dir), "losses": losses}
 
 
+#: The question of the closing "Try it" line (a two-operation chain: one quick pass, then a re-check).
+TRY_QUESTION = "What is 12+3+7?"
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter to type)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def try_command(model_dir: str | Path) -> str:
+    """The command that talks to the trained model, with this interpreter's ``budget-forcing`` script
+    (the venv's), so it works without activating the venv."""
+    script = Path(sys.executable).parent / "budget-forcing"
+    exe = _shown(script) if script.exists() else "budget-forcing"
+    return f"{exe} generate {_shown(model_dir)} --question '{TRY_QUESTION}' --max 256"
+
+
 def main(args: DemoArguments) -> dict[str, Any]:
     """Run every stage; returns a summary (also written to ``<output_dir>/summary.json``)."""
-    import torch
+    from budget_forcing.threads import configure_torch, other_load, pick_threads, usable_cores
 
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cores, load = usable_cores(), other_load()
+    args.threads = pick_threads(args.threads, cores=cores, load=load)
+    print(
+        f"s1 in miniature: seed {args.seed}, {args.threads} CPU thread(s) "
+        f"({cores} usable core(s), {load:.1f} busy with other programs)",
+        flush=True,
+    )
+    configure_torch(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     out = Path(args.output_dir).resolve()
@@ -265,11 +306,13 @@ def main(args: DemoArguments) -> dict[str, Any]:
     for name, path in paths.items():
         print(f"  {name}: {path}")
     print(f"  model: {sft['model']}")
-    print(f"Try it: budget-forcing generate {sft['model']} --question 'What is 12+3+7?' --max 16")
+    print(f"Try it: {try_command(sft['model'])}")
     return summary
 
 
 if __name__ == "__main__":
+    # Before torch loads OpenMP: threads that wait sleep instead of spinning on a core others need.
+    os.environ.update({"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"})
     from transformers import HfArgumentParser
 
     (demo_args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses()

@@ -6,18 +6,15 @@ import hashlib
 import json
 import re
 import sqlite3
-import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from budget_forcing.selection.synthetic import DOMAINS, task_answer
 
-from recipes.s1k.synthetic import DOMAINS, task_answer  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SECRET = "sk-test-very-secret-0123456789"
 BASE_MODELS = ("base-a", "base-b")

@@ -18,8 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from budget_forcing import BudgetForcing
 from budget_forcing import cli as cli_module
-from budget_forcing.cli import ThinkingStreamer, main
+from budget_forcing.cli import main
 from budget_forcing.formats import S1_FORMAT, THINK_FORMAT
+from budget_forcing.streaming import ThinkingStreamer
 from budget_forcing.testing import tiny_model, tiny_tokenizer
 
 QUESTIONS = ["What is 2 + 2?", "Name a colour of the sky, please."]
@@ -181,10 +182,11 @@ def test_json_rows_match_the_processor_and_the_text(capsys, eager_dir):
     assert [
         (r["thinking_tokens"], r["answer_tokens"], r["waits"], r["ignored"], r["forced_end"]) for r in rows
     ] == (stats_rows(stats))
-    # The eager model tries to end at once: "Wait" (2 tokens) is injected until min=7 is reached,
-    # then it ends on its own; its answer repeats "</think>", which must not move the split.
+    # The eager model tries to end at once: "Wait" (2 tokens) is injected, then (s1's min_tokens=1)
+    # its best other token, until min=7 is reached; then it ends on its own. Its answer repeats
+    # "</think>", which must not move the split.
     for row in rows:
-        assert row["waits"] == 4 and row["thinking"] == "Wait" * 4 and row["thinking_tokens"] == 8
+        assert row["waits"] == 3 and row["thinking"].count("Wait") == 3 and row["thinking_tokens"] == 9
         assert row["forced_end"] is False
         assert row["answer"] == "</think>" * 3 and row["answer_tokens"] == 3
 
@@ -193,10 +195,11 @@ def test_waits_and_wait_string_reach_the_processor(capsys, eager_dir):
     base = ["generate", str(eager_dir), "--format", "think", "--max", "20", "--json", "-q", QUESTIONS[0]]
     _, out, _ = run_cli(capsys, base + ["--waits", "3", "--max-answer-tokens", "1"])
     row = json.loads(out)
-    assert (row["waits"], row["thinking"], row["thinking_tokens"]) == (3, "Wait" * 3, 6)
+    # The first thinking token and the token after each Wait are never attempts (s1's min_tokens=1).
+    assert (row["waits"], row["thinking"].count("Wait"), row["thinking_tokens"]) == (3, 3, 10)
     _, out, _ = run_cli(capsys, base + ["--waits", "2", "--wait", "Hmm", "--max-answer-tokens", "1"])
     row = json.loads(out)
-    assert row["waits"] == 2 and row["thinking"] == "Hmm" * 2
+    assert row["waits"] == 2 and row["thinking"].count("Hmm") == 2
     # --wait '' only suppresses the end: no text is injected, the attempts are still counted.
     _, out, _ = run_cli(capsys, base + ["--waits", "2", "--wait", "", "--max-answer-tokens", "1"])
     row = json.loads(out)
@@ -264,7 +267,6 @@ def test_questions_from_files(capsys, model_dir, tmp_path):
 
 
 def test_defaults_to_the_demo_model(capsys, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_module, "_REPO_ROOT", tmp_path / "nowhere")
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, ["generate", "-q", "hi", "--format", "think"])
     assert code == 2
@@ -272,7 +274,55 @@ def test_defaults_to_the_demo_model(capsys, model_dir, tmp_path, monkeypatch):
     shutil.copytree(model_dir, tmp_path / "demo_outputs" / "model")
     code, out, err = run_cli(capsys, ["generate", "-q", "hi", "--format", "think", "--max", "3", "--json"])
     assert code == 0 and json.loads(out)["thinking_tokens"] == 3
-    assert str(tmp_path / "demo_outputs" / "model") in err
+    assert str(Path("demo_outputs") / "model") in err
+
+
+def test_a_mistyped_model_path_fails_at_once_naming_the_close_match(capsys, model_dir, tmp_path, monkeypatch):
+    shutil.copytree(model_dir, tmp_path / "demo_outputs" / "model")
+    monkeypatch.chdir(tmp_path)
+    # Offline (the tests' setting): not a directory and not in the hub cache.
+    code, _, err = run_cli(capsys, ["generate", "demo_output/model", "-q", "hi"])
+    assert code == 2 and "'demo_output/model' does not exist" in err
+    assert "did you mean 'demo_outputs/model'?" in err and "not in the local cache" in err
+    # Online with the hub unreachable: one request, then the same clear error (no retry loop).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    calls = []
+
+    def unreachable(self, repo_id, **kwargs):
+        calls.append(repo_id)
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr("huggingface_hub.HfApi.model_info", unreachable)
+    code, _, err = run_cli(capsys, ["generate", "demo_output/model", "-q", "hi"])
+    assert code == 2 and calls == ["demo_output/model"]
+    assert "did you mean 'demo_outputs/model'?" in err and "hub is unreachable" in err
+    # A path that cannot be a hub id never reaches the hub.
+    code, _, err = run_cli(capsys, ["generate", "./demo_output/model", "-q", "hi"])
+    assert code == 2 and calls == ["demo_output/model"] and "Pass a local model directory" in err
+    code, _, err = run_cli(capsys, ["generate", "demo_outputs", "-q", "hi"])
+    assert code == 2 and "has no config.json" in err
+
+
+def test_a_format_that_does_not_match_the_chat_template_warns(capsys, model_dir, tmp_path):
+    s1_dir = tmp_path / "s1-like"
+    shutil.copytree(model_dir, s1_dir)
+    tok = AutoTokenizer.from_pretrained(s1_dir)
+    tok.chat_template = tok.chat_template + "{{ '<|im_start|>think' if add_generation_prompt else '' }}"
+    tok.save_pretrained(s1_dir)
+    args = ["generate", str(s1_dir), "-q", "hi", "--max", "2", "--max-new-tokens", "16", "--json"]
+    code, _, err = run_cli(capsys, [*args, "--format", "think"])
+    assert code == 0, err
+    assert "budget-forcing: warning: --format think" in err and "Use --format s1" in err
+    code, _, err = run_cli(capsys, [*args, "--format", "s1"])
+    assert code == 0 and "warning" not in err
+
+
+def test_a_non_streamed_generation_shows_token_progress(capsys, model_dir):
+    args = ["generate", str(model_dir), "--format", "think", "--max", "4", "--max-new-tokens", "16"]
+    code, out, err = run_cli(capsys, [*args, "-q", QUESTIONS[0], "-q", QUESTIONS[1], "--batch-size", "1"])
+    assert code == 0, err
+    assert "question 1 of 2" in err and "question 2 of 2" in err and "tok" in err
+    assert "question 1 of 2" not in out  # progress never mixes with the results
 
 
 def test_every_budget_option_reaches_the_processor(capsys, model_dir, monkeypatch):
@@ -423,7 +473,6 @@ def test_recipe_pass_throughs(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(cli_module.subprocess, "call", lambda command: calls.append(command) or 0)
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "sft.py").write_text("")
-    (tmp_path / "recipes" / "select_s1k.py").write_text("")
     monkeypatch.chdir(tmp_path)
     assert main(["sft", "--config_file", "cpu.yaml", "--", "--config", "tiny.yaml"]) == 0
     assert calls[-1][-5:] == [
@@ -433,12 +482,10 @@ def test_recipe_pass_throughs(capsys, monkeypatch, tmp_path):
         "--config",
         "tiny.yaml",
     ]
-    assert main(["select", "--config", "s1k.yaml"]) == 0
-    assert calls[-1] == [sys.executable, str(tmp_path / "recipes" / "select_s1k.py"), "--config", "s1k.yaml"]
     monkeypatch.setattr(cli_module, "_REPO_ROOT", tmp_path / "nowhere")
     monkeypatch.chdir(tmp_path / "recipes")
     code, _, err = run_cli(capsys, ["sft", "--config", "x.yaml"])
-    assert code == 2 and "recipes/sft.py not found" in err and len(calls) == 2
+    assert code == 2 and "recipes/sft.py not found" in err and len(calls) == 1
 
 
 # ------------------------------------------------------------------------------------------ the docs

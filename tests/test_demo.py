@@ -5,16 +5,14 @@ import random
 import re
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `demo` lives at the repository root, next to `recipes` and `benchmarks`
-    sys.path.insert(0, str(REPO))
-
-from budget_forcing.formats import S1_FORMAT, encode_exact, get_format  # noqa: E402
-from demo.make_pool import (  # noqa: E402
+# `demo` lives at the repository root: `python -m pytest` (the test command) runs from there.
+from budget_forcing.formats import S1_FORMAT, encode_exact, get_format
+from demo.make_pool import (
+    CHECK,
+    CHUNK,
     FAMILIES,
     LEVELS,
     POOL_COLUMNS,
@@ -24,7 +22,7 @@ from demo.make_pool import (  # noqa: E402
     make_rows,
     tokenizer_corpus,
 )
-from demo.tokenizer import demo_tokenizer  # noqa: E402
+from demo.tokenizer import demo_tokenizer
 
 
 def _expected_answer(row: dict) -> int:
@@ -49,60 +47,71 @@ def test_rows_have_s1k_schema_and_correct_answers():
         meta = json.loads(row["metadata"])
         assert meta["family"] == row["domain"] and 1 <= meta["difficulty"] <= LEVELS[row["domain"]]
         # The trace ends by stating the answer, so the answer depends on finishing the thinking.
-        assert row["thinking_trajectories"][0].splitlines()[-1].endswith(f" is {answer}.")
+        assert row["thinking_trajectories"][0].splitlines()[-1].endswith(f" {answer}.")
 
 
-def test_traces_write_out_each_operation_then_rewrite_the_expression():
+def _terms(row: dict) -> tuple[int, list[str]]:
+    expression = row["question"].removeprefix("What is ").removesuffix("?")
+    return int(re.match(r"\d+", expression).group()), re.findall(r"[+-]\d+", expression)
+
+
+def _check_chain(lines: list[str], start: int, terms: list[str], chunk: int) -> tuple[int, int]:
+    """Walk ``lines`` as a pass of ``chunk`` operations per line, each followed by the rest rewritten;
+    returns (lines used, slips): a slip is a line whose result is not what its operands give."""
+    value, used, slips = start, 0, 0
+    for i in range(0, len(terms), chunk):
+        part = terms[i : i + chunk]
+        lhs, result = lines[used].split("=")
+        assert lhs == f"{value}" + "".join(part)  # the operation, written from the value above
+        slips += int(result) != value + sum(int(t) for t in part)
+        value, used = int(result), used + 1
+        if i + chunk < len(terms):
+            assert lines[used] == f"{value}" + "".join(terms[i + chunk :])  # the rest, verbatim
+            used += 1
+    return used, slips
+
+
+def test_traces_are_a_quick_first_pass_then_the_answer():
     rng = random.Random(3)
     for family, level in (("addition", 6), ("subtraction", 5), ("mixed", 5)):
         row = make_row(family, rng, difficulty=level, p_wait=0.0)
         lines = row["thinking_trajectories"][0].splitlines()
-        expression = row["question"].removeprefix("What is ").removesuffix("?")
-        numbers = [int(t) for t in re.findall(r"[+-]?\d+", expression)]
-        terms = re.findall(r"[+-]\d+", expression)
-        assert lines[0] == expression
-        assert len(lines) == 2 * len(terms) + 1  # expression, operation + rewrite per step, answer line
-        value = numbers[0]
-        for i, term in enumerate(terms):
-            new = value + int(term)
-            assert new >= 0
-            assert lines[2 * i + 1] == f"{value}{term}={new}"  # the operation, operands written out
-            if i + 1 < len(terms):
-                assert lines[2 * i + 2] == f"{new}" + "".join(terms[i + 1 :])  # the rest, verbatim
-            value = new
-        assert value == _expected_answer(row)
-        assert lines[-1] == f"So the answer is {value}."
+        start, terms = _terms(row)
+        assert lines[0] == row["question"].removeprefix("What is ").removesuffix("?")
+        used, slips = _check_chain(lines[1:], start, terms, CHUNK)
+        assert slips == 0 and len(lines) == used + 2
+        assert lines[-1] == f"So the answer is {_expected_answer(row)}."
 
 
-def test_wait_self_corrections_fix_or_confirm_the_operation_above():
+def test_wait_rechecks_step_by_step_and_fixes_the_first_pass_slips():
     rows = make_rows(1500, seed=5, p_wait=0.3)
-    with_wait = [r for r in rows if "Wait, let me check:" in r["thinking_trajectories"][0]]
-    assert 0.3 < len(with_wait) / len(rows) < 0.95
-    fixed = confirmed = at_end = 0
-    for row in with_wait:
+    checked = [r for r in rows if CHECK in r["thinking_trajectories"][0]]
+    assert 0.25 < len(checked) / len(rows) < 0.35
+    fixed = confirmed = extra_waits = 0
+    for row in checked:
         lines = row["thinking_trajectories"][0].splitlines()
-        for i, line in enumerate(lines):
-            if not line.startswith("Wait, let me check: "):
-                continue
-            check = line.removeprefix("Wait, let me check: ")
-            a, op, b, c = re.fullmatch(r"(\d+)([+-])(\d+)=(\d+)", check).groups()
-            assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b))
-            if lines[i - 1].startswith("So the answer is "):  # a check of the answer, at the end
-                at_end += 1
-                operation = lines[i - 2].removeprefix("Wait, let me check: ").split("=")
-                assert lines[i - 1] == f"So the answer is {operation[1]}."
-                assert lines[i + 1] == f"So the answer is {c}." and i + 2 == len(lines)
-            else:
-                operation = lines[i - 1].split("=")
-                if not lines[i + 1].startswith("So the answer is"):  # the rewrite goes on from the check
-                    assert lines[i + 1].startswith(c)
-            assert operation[0] == check.split("=")[0]  # the same operation, redone
-            fixed += operation[1] != c
-            confirmed += operation[1] == c
-        assert row["answer"] == str(_expected_answer(row))
-        assert lines[-1] == f"So the answer is {row['answer']}."
-    assert confirmed > fixed > 0 and at_end > 0
+        start, terms = _terms(row)
+        used, slips = _check_chain(lines[1:], start, terms, CHUNK)
+        first = lines[1 + used]
+        assert lines[2 + used] == CHECK
+        careful_used, careful_slips = _check_chain(lines[3 + used :], start, terms, 1)
+        assert careful_slips == 0  # the re-check is right
+        rest = lines[3 + used + careful_used :]
+        answer = _expected_answer(row)
+        assert rest[0] == f"So the answer is {answer}."
+        assert set(rest[1:]) <= {f"Wait, the check stands: {answer}."}
+        extra_waits += len(rest) - 1
+        assert slips <= 1 and (first != rest[0]) == bool(slips)  # a slip changes the first answer
+        fixed += slips
+        confirmed += 1 - slips
+        assert lines[-1].endswith(f" {answer}.") and row["answer"] == str(answer)
+    assert 0.35 < fixed / len(checked) < 0.65 and extra_waits > 0
     assert all("Wait" not in r["thinking_trajectories"][0] for r in make_rows(200, seed=5, p_wait=0.0))
+
+
+def test_eval_questions_have_at_least_two_quick_chunks():
+    for row in make_eval_set(60):
+        assert len(_terms(row)[1]) > CHUNK
 
 
 def test_pool_counts_defective_rows_exactly_and_excludes_the_eval_set():
@@ -198,9 +207,42 @@ def test_shrunk_demo_runs_end_to_end(tmp_path):
     assert all(r["n"] == 12 for r in runs)
     assert runs[0]["max_thinking_tokens"] == 0
     assert runs[1]["max_thinking_tokens"] <= 24
-    assert summary["metrics"]["budget forcing (max budgets)"]["control"] == 100.0
+    assert summary["metrics"]["max budgets"]["control"] == 100.0
     assert all(r["answer_tokens"] <= 8 for r in _run_rows(out))  # the answer cap of demo/configs/eval.yaml
     select = summary["selection"]["select"]
     assert select["rows_out"] == 80
     assert set(select["info"]["domains"]) == set(FAMILIES)
     assert "Control" in (out / "table.md").read_text()
+
+
+def test_try_line_uses_this_interpreters_script_and_a_short_path(tmp_path, monkeypatch):
+    from demo.run import TRY_QUESTION, try_command
+
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "budget-forcing").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "executable", str(bindir / "python"))
+    monkeypatch.chdir(tmp_path)
+    line = try_command(tmp_path / "demo_outputs" / "model")
+    assert line.startswith("venv/bin/budget-forcing generate demo_outputs/model ")
+    assert f"--question '{TRY_QUESTION}'" in line
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # no script beside it: the plain name
+    assert try_command("/elsewhere/model").startswith("budget-forcing generate /elsewhere/model ")
+
+
+def test_scaling_merges_budgets_with_the_same_thinking_so_noise_cannot_swing_it():
+    from demo.evaluate import scaling_metrics
+
+    def run(budget, accuracy, tokens, waits=0):
+        return {"name": f"max={budget}", "accuracy": accuracy, "thinking_tokens": [tokens] * 4,
+                "thinking_max": budget, "num_waits": waits}  # fmt: skip
+
+    sweep = [run(0, 0.0, 0), run(16, 0.2, 16), run(32, 0.5, 32), run(64, 0.8, 50)]
+    a = scaling_metrics([*sweep, run(128, 0.800, 50.0)])["max budgets"]
+    # A second run of the same model: 0.5 points more over 0.1 tokens more.
+    b = scaling_metrics([*sweep, run(128, 0.805, 50.1)])["max budgets"]
+    assert abs(a["scaling"] - b["scaling"]) < 0.5  # merged: the 0.1-token segment is gone
+    assert abs(a["scaling_unmerged"] - b["scaling_unmerged"]) > 5  # the paper's curve as is: it swings
+    assert b["merged"][-1] == "max=64 = max=128"
+    waits = scaling_metrics([*sweep, run(64, 0.9, 80, waits=1), run(64, 0.95, 120, waits=2)])
+    assert waits["Waits at max=64"]["performance"] == 95.0 and waits["Waits at max=64"]["scaling"] > 0

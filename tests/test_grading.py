@@ -68,12 +68,15 @@ def test_extract_boxed_balances_braces() -> None:
     assert extract_boxed("\\boxed{unclosed") is None
 
 
-def test_answer_part_cuts_at_last_delimiter() -> None:
-    assert answer_part("<think>a</think>b</think>c") == "c"
+def test_answer_part_is_the_formats_answer() -> None:
+    # Thinking never contains the end delimiter: the first one closes it (an answer may repeat it).
+    assert answer_part("<think>a</think>b</think>c") == "b</think>c"
     assert (
         answer_part("<|im_start|>think\nx\n<|im_start|>answer\nFinal Answer: 1<|im_end|>junk")
-        == "\nFinal Answer: 1"
+        == "Final Answer: 1"
     )
+    assert answer_part("x<|im_start|>answer\n1 </think> 2") == "1 </think> 2"  # the first delimiter's format
+    assert extract_answer("<think>Answer: 3?</think>Answer: 4</think>Final Answer: 5") == "5"
     assert answer_part("no delimiter") == "no delimiter"
 
 

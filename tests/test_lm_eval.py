@@ -21,8 +21,6 @@ from budget_forcing import BudgetForcing  # noqa: E402
 from budget_forcing.integrations.lm_eval import MODEL_NAME, BudgetForcingLM, cli_evaluate  # noqa: E402
 from budget_forcing.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-TASKS = REPO / "benchmarks" / "tasks"
 QUESTIONS = ["What is 2 + 2?", "Find the number of positive divisors of 144.", "Let x = 5. What is x^2?"]
 
 
@@ -113,7 +111,8 @@ def test_generate_until_matches_direct_generate_and_respects_budgets(lm, tok) ->
         assert (record["thinking_min"], record["thinking_max"], record["num_waits"]) == (6, 16, 1)
         # "full" output: the whole continuation up to the end of the answer.
         assert text == expected.split("<|im_end|>")[0]
-        assert text.startswith("<think>Wait") and "</think>Final Answer:" in text
+        # num_waits: as in s1 (min_tokens=1), the first thinking token is never an attempt.
+        assert text.startswith("<think>") and "Wait" in text and "</think>Final Answer:" in text
 
 
 def test_stop_strings_cut_only_the_answer(lm, tok) -> None:
@@ -123,7 +122,7 @@ def test_stop_strings_cut_only_the_answer(lm, tok) -> None:
         requests(tok, {"until": ["Wait", ":"], "max_gen_toks": 40}), disable_tqdm=True
     )
     for text in results:
-        assert text.startswith("<think>Wait")
+        assert text.startswith("<think>") and "Wait" in text
         assert text.endswith("</think>Final Answer:")
     answer_only = BudgetForcingLM(
         pretrained=lm.model, tokenizer=tok, format="think", thinking_min=6, thinking_max=16, output="answer",
@@ -200,7 +199,7 @@ def test_console_script_runs_lm_eval_end_to_end(tok, tmp_path) -> None:
     cmd = [
         *launcher, "--model", MODEL_NAME,
         "--model_args", f"pretrained={model_dir},dtype=float64,format=think,thinking_min=6,thinking_max=16,num_waits=1",
-        "--device", "cpu", "--include_path", str(TASKS), "--tasks", "aime24_bf_sample,math500_bf",
+        "--device", "cpu", "--tasks", "aime24_bf_sample,math500_bf",  # packaged tasks: no --include_path
         "--apply_chat_template", "--gen_kwargs", "max_gen_toks=40", "--batch_size", "2",
         "--output_path", str(out), "--log_samples",
     ]  # fmt: skip
@@ -212,7 +211,7 @@ def test_console_script_runs_lm_eval_end_to_end(tok, tmp_path) -> None:
     }
     env["OMP_NUM_THREADS"] = "1"  # 2 shared CPU cores: no thread oversubscription
     env.pop("BUDGET_FORCING_SIDECAR_DIR", None)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "aime24_bf_sample" in proc.stdout and "math500_bf" in proc.stdout
 

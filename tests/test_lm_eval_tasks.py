@@ -1,10 +1,8 @@
-"""benchmarks/tasks: local data loading, GPQA shuffling, grading of real-looking outputs, task registry."""
+"""The packaged lm-eval tasks (budget_forcing/tasks): local data loading, GPQA shuffling, grading of real-looking outputs, task registry."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,17 +10,14 @@ import pytest
 pytest.importorskip("lm_eval")
 pytest.importorskip("math_verify")
 
-REPO = Path(__file__).resolve().parents[1]
-TASKS = REPO / "benchmarks" / "tasks"
+from budget_forcing.tasks import TASKS_DIR as TASKS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def utils():
-    spec = importlib.util.spec_from_file_location("bf_task_utils", TASKS / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bf_task_utils"] = module
-    spec.loader.exec_module(module)
-    return module
+    from budget_forcing.tasks import utils
+
+    return utils
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -11,7 +11,7 @@ from transformers import LogitsProcessorList
 
 from budget_forcing import BudgetForcing, BudgetForcingLogitsProcessor, ThinkingFormat
 from budget_forcing.formats import get_format
-from budget_forcing.reference import multicall_generate
+from budget_forcing.reference import hf_generate_fn, multicall_generate
 from budget_forcing.testing import tiny_model
 
 
@@ -41,11 +41,11 @@ def assert_matches_reference(model, tok, kw, nudge, max_new_tokens):
     texts = chat_prompts(tok)
     rows = run(model, tok, texts, bf, nudge, max_new_tokens=max_new_tokens)
     ref = multicall_generate(
-        model,
+        hf_generate_fn(model, tok, logits_processor=[nudge]),
         tok,
         [tok.encode(t) for t in texts],
         max_new_tokens=max_new_tokens,
-        logits_processor=[nudge],
+        config_eos_token_id=model.generation_config.eos_token_id,
         **kw,
     )
     assert rows == [r.generated for r in ref]
@@ -113,7 +113,8 @@ def test_property_identical_to_reference_and_within_bounds(
 ):
     tok = tokenizer
     lo = [min(a, b) for a, b in budgets]
-    hi = [max(a, b) for a, b in budgets]
+    room = len(ids(tok, wait)) - 1 if wait else 0  # a Wait must fit between min and max
+    hi = [max(a, b, x + room if x else 0) for (a, b), x in zip(budgets, lo)]
     kw = dict(
         min=lo, max=hi, format=fmt, wait=wait, num_waits=num_waits, answer_prefix=prefix, max_answer_tokens=4
     )
@@ -128,39 +129,63 @@ def test_property_identical_to_reference_and_within_bounds(
 def test_waits_replace_attempts_at_exact_positions(model, tokenizer):
     tok = tokenizer
     wait_ids, end = ids(tok, "Wait"), ids(tok, "</think>")
-    # Every step, the nudge makes </think> the argmax: each attempt must become exactly "Wait".
+    attempts = {end[0], tok.eos_token_id}
+    # Every step, the nudge makes </think> the argmax: each attempt must become exactly "Wait",
+    # except right after <think> and right after a Wait, where s1 (min_tokens=1) takes the best
+    # other token.
     always = Nudge([end[0]], period=1, strength=1e4)
     bf = BudgetForcing(tok, min=0, max=50, format="think", num_waits=3, answer_prefix=None)
     (row,) = run(model, tok, chat_prompts(tok, QUESTIONS[:1]), bf, always, max_new_tokens=60)
+    w = len(wait_ids)
     assert row[:1] == ids(tok, "<think>")
-    assert row[1:7] == wait_ids * 3  # three ignored attempts, each replaced in place
-    assert row[7] == end[0]  # the fourth attempt is allowed: natural end, no prefix
+    body = row[1 : 1 + 4 * (1 + w) - w]
+    for k in range(4):  # best other token, then Wait; three times; then one more other token
+        assert body[k * (1 + w)] not in attempts
+        if k < 3:
+            assert body[k * (1 + w) + 1 : (k + 1) * (1 + w)] == wait_ids
+    assert row[1 + len(body)] == end[0]  # the fourth attempt is allowed: natural end, no prefix
     assert bf.stats.waits == [3] and bf.stats.ignored == [3]
-    assert bf.stats.thinking_tokens == [6] and bf.stats.forced_end == [False]
+    assert bf.stats.thinking_tokens == [len(body)] and bf.stats.forced_end == [False]
 
 
 def test_min_keeps_waiting_until_min_then_allows_end(model, tokenizer):
     tok = tokenizer
     end = ids(tok, "</think>")
+    wait = ids(tok, "Wait")
     always = Nudge([end[0]], period=1, strength=1e4)
-    bf = BudgetForcing(tok, min=5, max=50, format="think")
+    bf = BudgetForcing(tok, min=2 * len(wait) + 1, max=50, format="think")
     (row,) = run(model, tok, chat_prompts(tok, QUESTIONS[:1]), bf, always, max_new_tokens=60)
-    # Wait = 2 tokens here; after 3 waits thinking = 6 >= 5, so the 4th attempt ends thinking.
-    assert row[1:7] == ids(tok, "Wait") * 3 and row[7] == end[0]
-    assert bf.stats.thinking_tokens == [6] and bf.stats.waits == [3]
+    # No num_waits: the first attempt is replaced at once; after each Wait the best other token.
+    w = len(wait)
+    assert row[1 : 1 + w] == wait and row[1 + w] != end[0]
+    assert row[2 + w : 2 + 2 * w] == wait and row[2 + 2 * w] != end[0]
+    assert row[3 + 2 * w] == end[0]  # thinking = 2w + 2 >= min: the attempt ends thinking
+    assert bf.stats.thinking_tokens == [2 * w + 2] and bf.stats.waits == [2]
 
 
 def test_wait_that_would_overflow_max_forces_end(model, tokenizer):
     tok = tokenizer
     end = ids(tok, "</think>")
     always = Nudge([end[0]], period=1, strength=1e4)
-    bf = BudgetForcing(tok, min=5, max=5, format="think")
-    (row,) = run(model, tok, chat_prompts(tok, QUESTIONS[:1]), bf, always, max_new_tokens=40)
-    # Two waits fill 4 tokens; a third would make 6 > max=5: the end is forced instead.
     wait = ids(tok, "Wait")
-    assert row[1:5] == wait * 2
-    assert row[5 : 5 + len(ids(tok, "\n")) + 1] == ids(tok, "\n") + end
-    assert bf.stats.thinking_tokens == [4] and bf.stats.forced_end == [True] and bf.stats.waits == [2]
+    w = len(wait)
+    bf = BudgetForcing(tok, num_waits=5, max=2 * w + 1, format="think")
+    (row,) = run(model, tok, chat_prompts(tok, QUESTIONS[:1]), bf, always, max_new_tokens=40)
+    # other token, Wait, other token: w + 2 thinking tokens; another Wait would overflow max.
+    assert row[2 : 2 + w] == wait
+    n = w + 2
+    nl = [] if tok.decode(row[n : n + 1]).endswith("\n") else ids(tok, "\n")
+    assert row[1 + n : 1 + n + len(nl) + 1] == nl + end
+    assert bf.stats.thinking_tokens == [n] and bf.stats.forced_end == [True] and bf.stats.waits == [1]
+    assert bf.stats.ignored == [2]
+
+
+def test_min_and_wait_length_checked_up_front(tokenizer):
+    w = len(ids(tokenizer, "Wait"))
+    with pytest.raises(ValueError, match="Keep max - min >= "):
+        BudgetForcing(tokenizer, min=5, max=5 + w - 2, format="think")
+    bf = BudgetForcing(tokenizer, min=5, max=5 + w - 1, format="think")
+    assert bf.wait_tokens == w
 
 
 def test_natural_end_completes_multitoken_delimiter(model, tokenizer):
@@ -239,10 +264,14 @@ def test_sampling_attempts_are_the_sampled_token(model, tokenizer):
     tok = tokenizer
     end = ids(tok, "</think>")
     always = Nudge([end[0]], period=1, strength=1e4)  # the sampled token is always an attempt
-    bf = BudgetForcing(tok, min=4, max=40, format="think")
+    wait = ids(tok, "Wait")
+    w = len(wait)
+    bf = BudgetForcing(tok, min=w + 2, max=40, format="think")
     torch.manual_seed(0)
     (row,) = run(model, tok, chat_prompts(tok, QUESTIONS[:1]), bf, always, do_sample=True, temperature=1.3)
-    assert row[1:5] == ids(tok, "Wait") * 2 and row[5] == end[0]
+    # Wait, then a token sampled with the attempts masked (s1's min_tokens=1), then Wait again.
+    assert row[1 : 1 + w] == wait and row[1 + w] != end[0]
+    assert row[2 + w : 2 + 2 * w] == wait and row[2 + 2 * w] != end[0] and row[3 + 2 * w] == end[0]
 
 
 def test_num_return_sequences_expands_per_prompt_budgets(model, tokenizer):

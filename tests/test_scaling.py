@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("lm_eval")
 pytest.importorskip("matplotlib")
 
+from budget_forcing.tasks import TASKS_DIR  # noqa: E402
 from budget_forcing.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def task_dir(tmp_path_factory) -> Path:
         )
     )
     (path / "toy_bf.yaml").write_text(
-        f"include: {REPO / 'benchmarks' / 'tasks' / 'math500_bf.yaml'}\n"
+        f"include: {TASKS_DIR / 'math500_bf.yaml'}\n"
         "task: toy_bf\n"
         "dataset_kwargs:\n  data_key: toy\n  hub_path: none\n  hub_split: test\n"
         f"  data_file: {path / 'toy.jsonl'}\n"
@@ -108,6 +109,12 @@ def test_sweep_all_methods_exact_counts_resume_and_plot(
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
     # 3 budget forcing + 2 + 2 prompt runs + 2 class prompts + 2 sampled generations.
     assert len(runs) == 11
+    settings = sorted(name.rsplit("-", 1)[0] for name in runs)  # files are named by their setting
+    assert settings == sorted(
+        ["max4", "max8", "max8-waits1", "nomax-prompt", "nomax-prompt", "nomax-prompt", "nomax-prompt",
+         "max4-prompt", "max8-prompt", "nomax-sample0", "nomax-sample1"]
+    )  # fmt: skip
+    assert bf["max=8+1 waits"]["extra"]["num_waits"] == 1 and bf["max=8"]["extra"]["num_waits"] == 0
 
     # Resumable: a rerun evaluates nothing and gives the same results.
     import lm_eval

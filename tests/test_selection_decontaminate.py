@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from selection_helpers import REPO, rows_of, write_eval_sets, write_jsonl
 
-from recipes.s1k.config import DecontaminateConfig
-from recipes.s1k.decontaminate import decontaminate
-from recipes.s1k.pipeline import load_config, run_decontaminate
-from recipes.s1k.synthetic import make_pool
-from recipes.s1k.text import ngram_hashes, normalize
+from budget_forcing.selection.config import DecontaminateConfig
+from budget_forcing.selection.decontaminate import decontaminate
+from budget_forcing.selection.pipeline import load_config, run_decontaminate
+from budget_forcing.selection.synthetic import make_pool
+from budget_forcing.selection.text import ngram_hashes, normalize
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +165,8 @@ def test_cli_decontaminate(tmp_path: Path, pool) -> None:
 
 
 def test_eval_sets_from_globs_and_unavailable_hub_ids(tmp_path: Path) -> None:
-    from recipes.s1k.decontaminate import load_eval_sets
-    from recipes.s1k.io import StageReport
+    from budget_forcing.selection.decontaminate import load_eval_sets
+    from budget_forcing.selection.io import StageReport
 
     write_jsonl(tmp_path / "tasks/aime.jsonl", [{"problem": "Find x."}, {"problem": "Find y."}])
     write_jsonl(tmp_path / "tasks/gpqa.jsonl", [{"question": "Which particle?"}])

@@ -26,12 +26,12 @@ from selection_helpers import (
     write_jsonl,
 )
 
+from budget_forcing.selection.backends import BackendError, OpenAIChatBackend, make_backend
+from budget_forcing.selection.config import ModelConfig
+from budget_forcing.selection.featurize import parse_domain, parse_judge, reference_answer, render_prompt
+from budget_forcing.selection.pipeline import load_config, run_featurize
+from budget_forcing.selection.synthetic import make_pool, task_answer
 from budget_forcing.testing import tiny_model, tiny_tokenizer
-from recipes.s1k.backends import BackendError, OpenAIChatBackend, make_backend
-from recipes.s1k.config import ModelConfig
-from recipes.s1k.featurize import parse_domain, parse_judge, reference_answer, render_prompt
-from recipes.s1k.pipeline import load_config, run_featurize
-from recipes.s1k.synthetic import make_pool, task_answer
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_local_backend_math_verify_only_and_domain_column(tmp_path: Path, model_
 
 
 def test_local_backend_with_a_thinking_budget(model_dir: Path) -> None:
-    from recipes.s1k.backends import LocalHFBackend
+    from budget_forcing.selection.backends import LocalHFBackend
 
     config = ModelConfig(
         name="tiny", model=str(model_dir), backend="local", max_tokens=12, temperature=0.0, thinking_budget=3,

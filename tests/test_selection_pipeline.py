@@ -17,12 +17,12 @@ from selection_helpers import (
     write_jsonl,
 )
 
+from budget_forcing.selection.config import FormatConfig
+from budget_forcing.selection.formatting import assistant_text, to_sft
+from budget_forcing.selection.io import save_table
+from budget_forcing.selection.pipeline import load_config, run_all, run_format
+from budget_forcing.selection.synthetic import make_pool
 from budget_forcing.testing import tiny_model, tiny_tokenizer
-from recipes.s1k.config import FormatConfig
-from recipes.s1k.formatting import assistant_text, to_sft
-from recipes.s1k.io import save_table
-from recipes.s1k.pipeline import load_config, run_all, run_format
-from recipes.s1k.synthetic import make_pool
 
 
 def test_assistant_text_formats() -> None:
@@ -195,7 +195,7 @@ def test_cli_all_tiny_recipe_local_model_no_server(tmp_path: Path) -> None:
 def test_shipped_recipes_load_and_configs_are_documented() -> None:
     import dataclasses
 
-    from recipes.s1k import config as cfg
+    from budget_forcing.selection import config as cfg
 
     for path in sorted((REPO / "recipes/configs/selection").glob("*.yaml")):
         loaded = load_config(str(path))
@@ -229,7 +229,7 @@ def test_config_errors_name_the_fix() -> None:
 
 
 def test_cli_overrides() -> None:
-    import recipes.select_s1k as cli
+    from budget_forcing.selection import cli
 
     args, overrides = cli.parse_args(
         [

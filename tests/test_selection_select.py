@@ -11,12 +11,12 @@ import pytest
 from datasets import Dataset
 from selection_helpers import rows_of
 
-from recipes.s1k.config import SelectionConfig, config_from_dict
-from recipes.s1k.filters import apply_filters
-from recipes.s1k.io import save_table
-from recipes.s1k.pipeline import load_config, run_filter, run_select
-from recipes.s1k.selection import algorithm1, select_indices
-from recipes.s1k.synthetic import make_pool
+from budget_forcing.selection.algorithm import algorithm1, select_indices
+from budget_forcing.selection.config import SelectionConfig, config_from_dict
+from budget_forcing.selection.filters import apply_filters
+from budget_forcing.selection.io import save_table
+from budget_forcing.selection.pipeline import load_config, run_filter, run_select
+from budget_forcing.selection.synthetic import make_pool
 
 
 def _rows(sizes: dict[str, int], seed: int = 0, source: str = "x") -> list[dict]:

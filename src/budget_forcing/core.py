@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import operator
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,13 +67,22 @@ __all__ = [
     "vocab_flags",
     "build_tables",
     "row_tensor",
+    "prompt_phase",
     "init_state",
     "absorb",
+    "needs_alternative",
     "advance",
     "finished",
     "stats",
     "check_budgets",
     "check_settings",
+    "check_wait_fits",
+    "check_sequences",
+    "check_vocab",
+    "eos_ids",
+    "int_arg",
+    "budget_arg",
+    "eos_arg",
 ]
 
 # Row phases.
@@ -258,12 +268,127 @@ def check_budgets(low: Budget, high: Budget) -> None:
             raise ValueError(f"{where}min={lo} > max={hi}: lower `min` or raise `max`.")
 
 
+def _int(v, name: str):
+    """``v`` as a Python int (numpy and torch integer scalars too); a clear error otherwise."""
+    if isinstance(v, (bool, float, str)):
+        raise TypeError(f"`{name}` must be an int, got {v!r} ({type(v).__name__}).")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"`{name}` must be an int, got {v!r} ({type(v).__name__}).") from None
+
+
+def int_arg(value, name: str, optional: bool = False) -> int | None:
+    """An int setting (None allowed when ``optional``), numpy/torch integer scalars accepted."""
+    if value is None and optional:
+        return None
+    return _int(value, name)
+
+
+def budget_arg(value, name: str) -> Budget:
+    """A budget as None, an int, or a list of ints/None (tuples, arrays and tensors accepted)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        value = value.item()
+    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, int)):
+        values = value.tolist() if hasattr(value, "tolist") else value
+        if not isinstance(values, list):
+            return _int(values, name)
+        return [None if v is None else _int(v, f"{name}[{i}]") for i, v in enumerate(values)]
+    if isinstance(value, (str, bytes)) or hasattr(value, "__iter__"):
+        raise TypeError(
+            f"`{name}` must be an int, None or a list with one value per prompt, got {type(value).__name__}; "
+            "pass list(...) for a generator."
+        )
+    return _int(value, name)
+
+
+def eos_arg(value) -> list[int] | None:
+    """``eos_token_id`` as a non-empty list of ints, or None."""
+    if value is None:
+        return None
+    values = [value] if not isinstance(value, (list, tuple, set)) and not hasattr(value, "tolist") else value
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    values = values if isinstance(values, list) else [values]
+    if not values:
+        raise ValueError(
+            "`eos_token_id` is empty; pass one or more token ids, or None for the tokenizer's EOS."
+        )
+    return [_int(v, "eos_token_id") for v in values]
+
+
 def check_settings(num_waits: int = 0, max_answer_tokens: int | None = None) -> None:
     """``num_waits`` is a non-negative int; ``max_answer_tokens`` a non-negative int or None."""
     if not isinstance(num_waits, int) or num_waits < 0:
         raise ValueError(f"`num_waits` must be a non-negative int, got {num_waits!r}.")
     if max_answer_tokens is not None and max_answer_tokens < 0:
         raise ValueError(f"`max_answer_tokens` must be >= 0 or None, got {max_answer_tokens!r}.")
+
+
+def check_wait_fits(low: Budget, high: Budget, wait_len: int) -> None:
+    """``min`` is guaranteed only if a Wait always fits below ``max``: ``max - min >= wait_len - 1``.
+
+    A row that attempts to end below ``min`` gets a Wait only if it fits (``think + wait <= max``);
+    otherwise the end is forced, below ``min``. So each prompt's ``max - min`` must leave room.
+    """
+    if not wait_len:
+        return
+    lows = low if isinstance(low, list) else [low]
+    highs = high if isinstance(high, list) else [high]
+    for i in range(max(len(lows), len(highs))):
+        lo, hi = lows[i % len(lows)] or 0, highs[i % len(highs)]
+        if lo and hi is not None and hi - lo < wait_len - 1:
+            where = f"prompt {i}: " if len(lows) > 1 or len(highs) > 1 else ""
+            raise ValueError(
+                f"{where}min={lo}, max={hi}: the wait string is {wait_len} tokens, so a Wait may not fit "
+                f"below max and thinking could end below min. Keep max - min >= {wait_len - 1} "
+                "(raise max or lower min), or use a shorter wait string."
+            )
+
+
+def check_sequences(seqs: Sequences, fmt, wait: str | None, prefix: str | None, eos=None) -> None:
+    """Forced sequences must not contain what ends thinking or the answer (they would break rows)."""
+    for name, text in (("wait string", wait), ("answer prefix", prefix), ("start delimiter", fmt.start)):
+        if text and fmt.end in text:
+            raise ValueError(
+                f"The {name} {text!r} contains the end delimiter {fmt.end!r}; remove it (the end "
+                "delimiter is added by budget forcing itself)."
+            )
+    eos = set(seqs.eos if eos is None else eos)
+    attempts = eos | {seqs.end[0]}
+    for name, ids, banned in (
+        ("wait string", seqs.wait, attempts),
+        ("answer prefix", seqs.tail, attempts),
+        ("start delimiter", seqs.start, eos),
+        ("end delimiter", seqs.end, eos),
+        ("newline", seqs.newline, eos),
+    ):
+        clash = sorted(set(ids) & banned)
+        if clash:
+            what = "an EOS id" if set(clash) & eos else "the end delimiter's first token"
+            raise ValueError(
+                f"The {name} (token ids {ids}) contains {what} {clash}; forcing it would end the row. Remove "
+                "that id from `eos_token_id` (of BudgetForcing or generate) or change the string."
+            )
+
+
+def check_vocab(seqs: Sequences, eos: Sequence[int], vocab_size: int) -> None:
+    """Every forced id must exist in the model's scores (tokens added without resizing do not)."""
+    ids = [*seqs.start, *seqs.end, *seqs.newline, *seqs.wait, *seqs.tail]
+    if ids and max(ids) >= vocab_size:
+        raise ValueError(
+            f"Token id {max(ids)} of a forced sequence is outside the model's vocabulary ({vocab_size} "
+            "scores). Tokens were added to the tokenizer without resizing the model: call "
+            "model.resize_token_embeddings(len(tokenizer))."
+        )
+
+
+def eos_ids(seqs: Sequences, config_eos: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """The one definition of EOS: the processor's ids plus the generation config's; and the id
+    forced when an answer reaches its cap (the config's first EOS, else the processor's first)."""
+    config = [] if config_eos is None else [config_eos] if isinstance(config_eos, int) else list(config_eos)
+    return sorted(set(seqs.eos) | set(config)), (config[0] if config else seqs.eos[0])
 
 
 def row_tensor(value: Budget, name: str, default: int, rows: int, device=None) -> torch.Tensor:
@@ -292,6 +417,38 @@ def _last_match_end(input_ids: torch.Tensor, pattern: torch.Tensor) -> torch.Ten
     return torch.where(hits, ends, -1).amax(-1)
 
 
+def _last_any(input_ids: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Per row, the position of the last token whose flag is set (-1 if none)."""
+    vocab = flags.shape[0]
+    hit = flags[input_ids.clamp(max=vocab - 1)] & (input_ids < vocab)
+    return torch.where(hit, torch.arange(input_ids.shape[1], device=input_ids.device), -1).amax(-1)
+
+
+def prompt_phase(text: str, fmt, closers: Sequence[str] = ()) -> int:
+    """Where a prompt (as text) leaves thinking: THINK, ANSWER or START (see `init_state`).
+
+    Thinking is open when the last start delimiter comes after the last end delimiter and after
+    every ``closers`` string (EOS / end-of-turn text such as ``<|im_end|>``), so a start delimiter
+    quoted in a system prompt or left open in an earlier turn does not count. It is closed when the
+    end delimiter is followed by whitespace only. Text matching is immune to how the tokenizer
+    merges the delimiters with their neighbours.
+
+    Example:
+        >>> from budget_forcing.formats import THINK_FORMAT
+        >>> prompt_phase("Say <think> first.<|im_end|>\\n<|im_start|>assistant\\n", THINK_FORMAT, ["<|im_end|>"])
+        0
+        >>> prompt_phase("<|im_start|>assistant\\n<think>\\nSo", THINK_FORMAT, ["<|im_end|>"])
+        1
+    """
+    start, end = text.rfind(fmt.start), text.rfind(fmt.end)
+    close = max((text.rfind(c) for c in closers if c), default=-1)
+    if start > end and start > close:
+        return THINK
+    if end > start and end > close and not text[end + len(fmt.end) :].strip():
+        return ANSWER
+    return START
+
+
 def _per_row(value, default: int, rows: int, device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=torch.long).expand(rows).clone()
@@ -307,6 +464,7 @@ def init_state(
     max: int | torch.Tensor | Sequence[int | None] | None = None,
     num_waits: int | torch.Tensor | Sequence[int] = 0,
     max_answer: int | torch.Tensor | Sequence[int | None] | None = None,
+    phase: torch.Tensor | Sequence[int] | None = None,
 ) -> State:
     """Fresh per-row state from the prompt ids: where each prompt leaves thinking.
 
@@ -318,6 +476,9 @@ def init_state(
       first generated token;
     * closed right at the end of the prompt (only whitespace after the end delimiter): ANSWER;
     * otherwise (no delimiters, or an earlier closed block in a chat history): START is forced.
+
+    Matching token ids is exact only where the delimiters tokenize the same in context; adapters
+    with a tokenizer pass ``phase`` from `prompt_phase` (text matching) instead.
     """
     device = t["table"].device
     ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
@@ -329,11 +490,15 @@ def init_state(
     after_end = torch.arange(length, device=device) > last_end[:, None]
     vocab = t["is_space"].shape[0]
     only_space = (t["is_space"][ids.clamp(max=vocab - 1)] & (ids < vocab) | ~after_end).all(-1)
-    is_open = last_start > last_end
+    is_open = last_start > torch.maximum(last_end, _last_any(ids, t["is_eos"]))
     closed = (last_end > last_start) & only_space
-    phase = torch.where(is_open, THINK, torch.where(closed, ANSWER, START))
+    if phase is None:
+        phase = torch.where(is_open, THINK, torch.where(closed, ANSWER, START))
+    else:
+        phase = torch.as_tensor(phase, dtype=torch.long, device=device).reshape(rows)
 
     zeros = torch.zeros(rows, dtype=torch.long, device=device)
+    waits = _per_row(num_waits, 0, rows, device)
     return {
         "phase": phase,
         "seq": torch.where(phase == START, SEQ_START, NONE),
@@ -346,8 +511,10 @@ def init_state(
         "pending": torch.zeros(rows, dtype=torch.bool, device=device),
         "min": _per_row(min, 0, rows, device),
         "max": _per_row(max, UNLIMITED, rows, device),
-        "num_waits": _per_row(num_waits, 0, rows, device),
+        "num_waits": waits,
         "max_answer": _per_row(max_answer, UNLIMITED, rows, device),
+        # s1's min_tokens=1: with num_waits set, the first thinking token cannot end thinking.
+        "fresh": (phase == THINK) & (waits > 0),
     }
 
 
@@ -366,6 +533,25 @@ def absorb(s: State, t: Tables, last: torch.Tensor) -> State:
     }
 
 
+def _free_attempts(s: State, t: Tables, choice: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Thinking rows free to choose, those at ``max``, and those whose choice attempts to end."""
+    free = (s["phase"] == THINK) & (s["pos"] >= t["seq_len"][s["seq"]])
+    at_max = free & (s["think"] >= s["max"])
+    attempt = free & ~at_max & t["is_attempt"][choice]
+    return free, at_max, attempt
+
+
+def needs_alternative(s: State, t: Tables, choice: torch.Tensor) -> torch.Tensor:
+    """Per row: `advance` will replace ``choice`` by the best non-attempt token, so pass one.
+
+    That is an attempt right at the start of thinking or right after an injected "Wait" (s1's
+    ``min_tokens=1``), or an ignored attempt when there is no wait string (plain suppression).
+    """
+    _, _, attempt = _free_attempts(s, t, choice)
+    allowed = (s["think"] >= s["min"]) & (s["ignored"] >= s["num_waits"])
+    return attempt & (s["fresh"] | (~allowed & (t["seq_len"][SEQ_WAIT] == 0)))
+
+
 def advance(
     s: State,
     t: Tables,
@@ -379,29 +565,30 @@ def advance(
         s, t: the state and tables.
         choice: what the model would emit per row (argmax or sample).
         last: the token before this step per row (decides whether a forced end needs ``"\\n"``).
-        alternative: the best non-attempt token per row; only when ``wait`` is empty (an ignored
-            attempt is then replaced by it instead of by "Wait").
+        alternative: per row, the best (or a sampled) token that is not an attempt to end; needed
+            only for the rows `needs_alternative` names (None when there are none).
 
     Returns:
-        The new state, the token per row, and whether that token is forced (free thinking rows
-        count as forced too: their token was decided here).
+        The new state, the token per row, and whether that token is decided here (forced tokens
+        and free thinking tokens; the engine's own choice is left alone only for answer tokens).
     """
     phase, seq, pos, think = s["phase"], s["seq"], s["pos"], s["think"]
     queued = pos < t["seq_len"][seq]
+    free, at_max, attempt = _free_attempts(s, t, choice)
 
-    # Thinking rows that are free to choose: apply the budget rules to their choice.
-    free = (phase == THINK) & ~queued
-    at_max = free & (think >= s["max"])
-    attempt = free & ~at_max & t["is_attempt"][choice]
+    # An attempt right at the start of thinking or right after a Wait is not an attempt (s1's
+    # min_tokens=1): the row takes its best non-attempt token instead.
+    skip = attempt & s["fresh"]
+    attempt = attempt & ~skip
     allowed = (think >= s["min"]) & (s["ignored"] >= s["num_waits"])
     ignore = attempt & ~allowed
-    if alternative is None:
-        wait = ignore & (think + t["seq_len"][SEQ_WAIT] <= s["max"])
-        force = at_max | (ignore & ~wait)  # a Wait that would overflow max forces the end instead
-    else:
-        wait = torch.zeros_like(ignore)
-        force = at_max
-        choice = torch.where(ignore, alternative, choice)
+    wait_len = t["seq_len"][SEQ_WAIT]
+    has_wait = wait_len > 0
+    wait = ignore & has_wait & (think + wait_len <= s["max"])
+    force = at_max | (ignore & has_wait & ~wait)  # a Wait that would overflow max forces the end instead
+    replace = skip | (ignore & ~has_wait)  # suppressed: the best non-attempt token instead
+    if alternative is not None:
+        choice = torch.where(replace, alternative, choice)
     ends = attempt & allowed  # natural end, or an EOS replaced by the whole end delimiter
     capped = (phase == ANSWER) & ~queued & (s["answer"] >= s["max_answer"])
 
@@ -421,6 +608,11 @@ def advance(
     # Advance queues; a finished queue moves its row to the next phase.
     pos = pos + queued
     done = queued & (pos >= t["seq_len"][seq])
+    # The next thinking token is "fresh" right after an injected Wait, and after the forced start
+    # when waits are configured; any other thinking token clears it.
+    fresh = torch.where(
+        done, (seq == SEQ_WAIT) | ((seq == SEQ_START) & (s["num_waits"] > 0)), s["fresh"] & ~free
+    )
     state = {
         **s,
         "phase": torch.where(done, t["phase_after"][seq], phase),
@@ -430,6 +622,7 @@ def advance(
         "ignored": s["ignored"] + ignore,
         "waits": s["waits"] + wait,
         "forced": s["forced"] | force,
+        "fresh": fresh,
         "pending": (phase == ANSWER) & ~queued,  # answer tokens are sampled by the engine itself
     }
     return state, token, queued | free

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["ThinkingFormat", "S1_FORMAT", "THINK_FORMAT", "FORMATS", "get_format", "encode_exact"]
+__all__ = [
+    "ThinkingFormat",
+    "ThinkingSplitter",
+    "S1_FORMAT",
+    "THINK_FORMAT",
+    "FORMATS",
+    "get_format",
+    "encode_exact",
+]
 
 
 @dataclass(frozen=True)
@@ -86,22 +94,114 @@ class ThinkingFormat:
         The text starts inside (or just before) the thinking block, so it splits at the *first* end
         delimiter, the one that ended thinking (an answer may repeat the delimiter). Text that never
         closed thinking is all thinking, and ``answer`` is None. The start delimiter, separators and
-        the answer's end marker are stripped.
+        the answer's end marker are stripped. `ThinkingSplitter` does the same on text that arrives
+        piece by piece.
 
         Example:
             >>> S1_FORMAT.split("<|im_start|>think\\n2 + 2 = 4\\n<|im_start|>answer\\n4<|im_end|>")
             ('2 + 2 = 4', '4')
         """
-        head, found, tail = text.partition(self.end)
-        thinking = head.removeprefix(self.start).removeprefix(self.start_sep)
-        if not found:
-            return thinking, None
-        if self.start_sep:
-            thinking = thinking.removesuffix("\n")
-        answer = tail.removeprefix(self.answer_sep)
-        if self.answer_end:
-            answer = answer.split(self.answer_end, 1)[0]
-        return thinking, answer
+        splitter = ThinkingSplitter(self)
+        splitter.feed(text)
+        splitter.finish()
+        return splitter.thinking, splitter.answer
+
+
+class ThinkingSplitter:
+    """`ThinkingFormat.split` for text that arrives piece by piece (a streamer's decoded tokens).
+
+    `feed` returns the pieces that are final, as ``(part, text)`` with ``part`` ``"thinking"`` or
+    ``"answer"``; each part opens with an empty piece, so a caller can print a header there. Text
+    that may still turn out to be a delimiter or separator is held back until the next `feed` or
+    `finish`. Afterwards ``thinking`` and ``answer`` equal ``fmt.split(all_text)``, and
+    ``answer_start`` is where the answer begins in the raw text (None while there is no answer).
+
+    Example:
+        >>> splitter = ThinkingSplitter(THINK_FORMAT)
+        >>> splitter.feed("<think>2 + 2 = 4</th")  # " = 4</th" may be the start of "</think>"
+        [('thinking', ''), ('thinking', '2 + 2')]
+        >>> splitter.feed("ink>4")
+        [('thinking', ' = 4'), ('answer', ''), ('answer', '4')]
+        >>> splitter.finish(), splitter.thinking, splitter.answer, splitter.answer_start
+        ([], '2 + 2 = 4', '4', 24)
+    """
+
+    def __init__(self, fmt: ThinkingFormat) -> None:
+        self.fmt = fmt
+        self.thinking = ""
+        self.answer: str | None = None
+        self.answer_start: int | None = None
+        self._pending = ""  # received, not yet handed on
+        self._seen = 0  # characters received in all
+        self._state = "start"  # start -> thinking -> separator -> answer -> done
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        """Take the next piece of text; return the pieces that are now final."""
+        self._pending += text
+        self._seen += len(text)
+        return self._advance(final=False)
+
+    def finish(self) -> list[tuple[str, str]]:
+        """The text is complete: hand on everything still held back."""
+        return self._advance(final=True)
+
+    def _emit(self, out: list[tuple[str, str]], text: str) -> None:
+        part = "thinking" if self._state == "thinking" else "answer"
+        if part == "thinking":
+            self.thinking += text
+        else:
+            self.answer = (self.answer or "") + text
+        if text:
+            out.append((part, text))
+
+    def _advance(self, final: bool) -> list[tuple[str, str]]:
+        fmt, out = self.fmt, []
+        while True:
+            if self._state == "start":
+                # Drop the start delimiter (forced first unless the prompt left thinking open).
+                prefix = fmt.start + fmt.start_sep
+                if not final and prefix.startswith(self._pending) and self._pending != prefix:
+                    return out  # still possibly the start delimiter
+                rest = self._pending.removeprefix(fmt.start)
+                if not final and len(rest) < len(fmt.start_sep) and fmt.start_sep.startswith(rest):
+                    return out  # the separator may follow
+                self._pending = rest.removeprefix(fmt.start_sep)
+                self._state = "thinking"
+                out.append(("thinking", ""))
+            elif self._state == "thinking":
+                head, found, tail = self._pending.partition(fmt.end)
+                if found:
+                    # Thinking never contains the end delimiter: the first one closes it.
+                    self._emit(out, head.removesuffix("\n") if fmt.start_sep else head)
+                    self._pending, self._state, self.answer = tail, "separator", ""
+                    out.append(("answer", ""))
+                    continue
+                # Hold back what could be the beginning of the end delimiter (and the newline before it).
+                keep = 0 if final else len(fmt.end) + (1 if fmt.start_sep else 0)
+                cut = max(len(self._pending) - keep, 0)
+                self._emit(out, self._pending[:cut])
+                self._pending = self._pending[cut:]
+                return out
+            elif self._state == "separator":
+                sep = fmt.answer_sep
+                if not final and len(self._pending) < len(sep) and sep.startswith(self._pending):
+                    return out
+                self._pending = self._pending.removeprefix(sep)
+                self.answer_start = self._seen - len(self._pending)
+                self._state = "answer"
+            elif self._state == "answer":
+                if fmt.answer_end and fmt.answer_end in self._pending:
+                    self._emit(out, self._pending.split(fmt.answer_end, 1)[0])
+                    self._pending, self._state = "", "done"
+                    return out
+                keep = 0 if final or not fmt.answer_end else len(fmt.answer_end) - 1
+                cut = max(len(self._pending) - keep, 0)
+                self._emit(out, self._pending[:cut])
+                self._pending = self._pending[cut:]
+                return out
+            else:  # done: the answer's end marker was seen; ignore the rest
+                self._pending = ""
+                return out
 
 
 S1_FORMAT = ThinkingFormat(

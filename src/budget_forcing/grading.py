@@ -1,7 +1,8 @@
 """Local, deterministic grading of reasoning-model answers with ``math-verify``.
 
 Reasoning models write a long thinking trace and then a short answer. Grading looks only at the
-answer (the text after the last end-of-thinking delimiter, when there is one) and takes, in order:
+answer (what `ThinkingFormat.split` returns after the end of thinking, or the whole text when it has
+no end-of-thinking delimiter) and takes, in order:
 
 1. the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced;
 2. otherwise the rest of the line after the last ``Final Answer:`` / ``Answer:`` / ``answer is``;
@@ -30,6 +31,7 @@ import threading
 from typing import Any
 
 from budget_forcing._extras import require
+from budget_forcing.formats import FORMATS, ThinkingFormat
 
 __all__ = [
     "END_OF_THINKING",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 #: End-of-thinking delimiters of the formats that ship (``"think"`` and ``"s1"``).
-END_OF_THINKING: tuple[str, ...] = ("</think>", "<|im_start|>answer")
+END_OF_THINKING: tuple[str, ...] = tuple(fmt.end for fmt in FORMATS.values())
 
 _ANSWER_ANCHOR = re.compile(r"(?:final\s+)?answer(?:\s+is)?\s*[:：]?", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -52,20 +54,18 @@ def _math_verify() -> Any:
     return require("math_verify", "eval", "Grading")
 
 
-def answer_part(text: str, delimiters: tuple[str, ...] = END_OF_THINKING) -> str:
-    """The text after the last end-of-thinking delimiter, or all of ``text`` when there is none.
+def answer_part(text: str, formats: tuple[ThinkingFormat, ...] = tuple(FORMATS.values())) -> str:
+    """The answer of ``text`` as `ThinkingFormat.split` finds it, or all of ``text`` when thinking never ended.
+
+    The format is the one whose end-of-thinking delimiter comes first in ``text``.
 
     >>> answer_part("<think>maybe 3</think>It is 4.")
     'It is 4.'
     """
-    cut = -1
-    for delimiter in delimiters:
-        index = text.rfind(delimiter)
-        if index >= 0:
-            cut = max(cut, index + len(delimiter))
-    answer = text[cut:] if cut >= 0 else text
+    ends = [(text.find(fmt.end), i) for i, fmt in enumerate(formats) if fmt.end in text]
+    answer = formats[min(ends)[1]].split(text)[1] if ends else None
     # Chat-format leftovers that follow an answer ("<|im_end|>", "<|endoftext|>").
-    return answer.split("<|im_end|>", 1)[0]
+    return (text if answer is None else answer).split("<|im_end|>", 1)[0]
 
 
 def extract_boxed(text: str) -> str | None:
@@ -103,7 +103,7 @@ def _clean(answer: str) -> str:
 def extract_answer(text: str) -> str | None:
     """The final answer written in ``text``, as a string, or ``None`` when there is none.
 
-    Looks at the answer part only (after the last ``</think>`` / ``<|im_start|>answer``), and takes
+    Looks at the answer part only (after ``</think>`` / ``<|im_start|>answer``, see `answer_part`), and takes
     the last ``\\boxed{}``, else the rest of the line after the last ``Final Answer:`` / ``Answer:`` /
     ``answer is``.
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
@@ -79,7 +79,9 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     """Budget forcing as a `transformers` logits processor: cap and extend thinking per row.
 
     Args:
-        tokenizer: the model's tokenizer (encodes delimiters and the wait string once).
+        tokenizer: the model's tokenizer (encodes delimiters and the wait string once). Optional:
+            when omitted it is resolved on the first step of ``generate``, from
+            ``generate(..., tokenizer=tok)`` or else from the model's ``name_or_path``.
         min: minimum thinking tokens, an int or one int per prompt. Below it, attempts to end
             thinking are replaced by ``wait``.
         max: maximum thinking tokens, an int, one per prompt, or None for no cap. At the cap the
@@ -87,10 +89,13 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         format: ``"auto"``, ``"s1"``, ``"think"`` or a `budget_forcing.ThinkingFormat`.
         wait: string injected to extend thinking (encoded on its own). None only suppresses the end.
         num_waits: ignore the model's first N attempts to end thinking (s1's ``thinking_n_ignore``).
+            As in s1 (vLLM ``min_tokens=1``), the first thinking token and the first token after an
+            injected "Wait" are never an attempt: the best other token is taken.
         answer_prefix: forced after a budget-forced end, so the model answers with its best guess.
         max_answer_tokens: cap on answer tokens (EOS is forced at the cap); None for no cap.
-        eos_token_id: ids that end the answer; defaults to the tokenizer's EOS, the format's
-            ``answer_end`` and the ids of the calling ``generate``'s generation config.
+        eos_token_id: ids that end the answer (and, while thinking, attempt to end it); defaults to
+            the tokenizer's EOS and the format's ``answer_end``. The ids of the calling
+            ``generate``'s generation config are always added (Qwen2.5 ships two).
         compile: fuse the per-step state update with ``torch.compile`` (a few kernels instead of
             ~60 small ones per step; worth it on GPUs for long generations, costs a one-off compile
             of some seconds). A compile failure falls back to eager with a warning.
@@ -99,19 +104,22 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     left-padded batches and ``num_return_sequences``. With greedy decoding an attempt to end is
     the argmax; with sampling the processor draws the token itself from the final distribution
     (after the sampling warpers that ``generate`` applies) and forces it, so "the sampled token
-    was an attempt" means exactly what it means in s1's multi-call procedure.
+    was an attempt" means exactly what it means in s1's multi-call procedure. Forced tokens win
+    over any other processor in the list; scores are never modified in place.
 
     Example:
-        >>> from transformers import AutoModelForCausalLM, AutoTokenizer  # doctest: +SKIP
-        >>> tok = AutoTokenizer.from_pretrained("simplescaling/s1.1-32B")  # doctest: +SKIP
-        >>> bf = BudgetForcing(tok, min=1000, max=4000)  # doctest: +SKIP
-        >>> out = model.generate(**inputs, logits_processor=[bf], max_new_tokens=6000)  # doctest: +SKIP
-        >>> bf.stats.thinking_tokens  # doctest: +SKIP
+        >>> from budget_forcing.testing import tiny_model, tiny_tokenizer
+        >>> tok = tiny_tokenizer(); model = tiny_model(tok)
+        >>> inputs = tok(["What is 2 + 2?"], return_tensors="pt")
+        >>> bf = BudgetForcing(min=4, max=16, format="think")  # the tokenizer is found on the first step
+        >>> out = model.generate(**inputs, logits_processor=[bf], max_new_tokens=32, tokenizer=tok)
+        >>> 4 <= bf.stats.thinking_tokens[0] <= 16
+        True
     """
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         min: Budget = 0,
         max: Budget = None,
         format: str | ThinkingFormat = "auto",
@@ -122,23 +130,61 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         eos_token_id: int | Sequence[int] | None = None,
         compile: bool = False,
     ) -> None:
+        min, max = core.budget_arg(min, "min"), core.budget_arg(max, "max")
         core.check_budgets(min, max)
+        num_waits = core.int_arg(num_waits, "num_waits")
+        max_answer_tokens = core.int_arg(max_answer_tokens, "max_answer_tokens", optional=True)
         core.check_settings(num_waits, max_answer_tokens)
+        eos_token_id = core.eos_arg(eos_token_id)
+        for name, value in (("wait", wait), ("answer_prefix", answer_prefix)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"`{name}` must be a string or None, got {type(value).__name__}.")
+        if not isinstance(format, (str, ThinkingFormat)):
+            raise TypeError(f"`format` must be 'auto', 's1', 'think' or a ThinkingFormat, got {format!r}.")
+        if isinstance(format, str) and format != "auto":
+            get_format(format)  # unknown names fail here, before any generate call
 
-        self.tokenizer = tokenizer
-        self.format = fmt = get_format(format, tokenizer)
         self.min, self.max, self.num_waits, self.max_answer_tokens = min, max, num_waits, max_answer_tokens
-        self.wait, self.answer_prefix = wait, answer_prefix
-        self.compile = compile
-        self._seqs = core.encode_sequences(tokenizer, fmt, wait, answer_prefix, eos_token_id)
-        #: Most forced tokens a row can spend outside thinking: the start delimiter and a forced end.
-        self.end_overhead = self._seqs.end_overhead
+        self.wait, self.answer_prefix, self.compile = wait, answer_prefix, compile
+        self._format_arg, self._eos_arg = format, eos_token_id
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._given_tokenizer = tokenizer is not None
+        self._resolved_from = None  # what the tokenizer was resolved from (a model's name_or_path)
         self._owner = None  # the generation config of the generate call the state belongs to
         self._state: core.State | None = None
-        self._rows = self._seen = self._length = -1
+        self._rows = self._length = -1
         self._compiled: tuple | None = None
+        self._depth = 2  # frames from __call__ up to generate's decoding loop (see _caller)
+        if tokenizer is not None:
+            self._use_tokenizer(tokenizer)
+
+    def _use_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Encode and validate everything that needs the tokenizer (once per tokenizer)."""
+        fmt = get_format(self._format_arg, tokenizer)
+        seqs = core.encode_sequences(tokenizer, fmt, self.wait, self.answer_prefix, self._eos_arg)
+        core.check_sequences(seqs, fmt, self.wait, self.answer_prefix)
+        core.check_wait_fits(self.min, self.max, len(seqs.wait))
+        self.tokenizer, self.format, self._seqs = tokenizer, fmt, seqs
 
     # ----------------------------------------------------------------------------------- public API
+    @property
+    def end_overhead(self) -> int:
+        """Most forced tokens a row can spend outside thinking: the start delimiter and a forced end."""
+        return self._resolved().end_overhead
+
+    @property
+    def wait_tokens(self) -> int:
+        """Length of the wait string in tokens (``max - min`` must be at least this minus one)."""
+        return len(self._resolved().wait)
+
+    def _resolved(self) -> core.Sequences:
+        if self.tokenizer is None:
+            raise RuntimeError(
+                "The tokenizer is not known yet (it is resolved on the first generate step). Pass it: "
+                "BudgetForcing(tokenizer, ...), or use budget_forcing.end_overhead(tokenizer, ...)."
+            )
+        return self._seqs
+
     def reset(self) -> None:
         """Forget the state of the last ``generate`` call (a new call is also detected on its own)."""
         self._owner, self._state = None, None
@@ -178,73 +224,111 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             s = self._state
             s["phase"] = s["phase"].masked_fill(rows.to(s["phase"].device), core.DONE)
 
-    # --------------------------------------------------------------------------------- the hot path
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        config, downstream = self._caller()
-        if config is not None:  # generate deep-copies its config per call: identity marks the call
-            new_call = config is not self._owner
-        else:  # called outside generate(): within one call every step adds exactly one token
-            new_call = input_ids.shape[0] != self._rows or input_ids.shape[1] != self._seen + 1
-        if self._state is None or new_call:
-            self._begin(input_ids, scores, config, downstream)
-            self._owner = config
-        else:
-            self.absorb(input_ids)
-        self._seen = input_ids.shape[1]
-        return self._step(input_ids, scores)
-
     def absorb(self, input_ids: torch.LongTensor) -> None:
-        """Account for the token generate appended since the last call (idempotent per length)."""
+        """Check the tokens generate appended against the ones decided (idempotent per length).
+
+        Rows generate has stopped (it pads them) freeze; any other difference means something
+        after the logits processors changed a token, which is raised rather than miscounted.
+        """
         if self._state is None or input_ids.shape[1] <= self._length:
             return
         self._length = input_ids.shape[1]
-        self._state = self._absorb_fn(self._state, self._tables, input_ids[:, -1])
+        last = input_ids[:, -1].to(self._state["token"].device)
+        s = self._state
+        differs = s["live"] & (last != s["token"])
+        padded = differs & (last == self._pad)
+        if bool((differs & ~padded).any()):
+            row = int((differs & ~padded).nonzero()[0, 0])
+            raise RuntimeError(
+                f"Row {row}: budget forcing decided token {int(s['token'][row])} but generate appended "
+                f"{int(last[row])}: something after the logits processors changed it (a custom sampler?). "
+                "Remove it, or apply it as a logits processor."
+            )
+        s["live"] = s["live"] & ~padded
+
+    # --------------------------------------------------------------------------------- the hot path
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        call = self._caller()
+        if call.config is not None:  # generate deep-copies its config per call: identity marks the call
+            new_call = call.config is not self._owner
+        else:  # called outside generate(): within one call every step adds exactly one token
+            new_call = input_ids.shape[0] != self._rows or input_ids.shape[1] != self._length + 1
+        if self._state is None or new_call:
+            self._begin(input_ids, scores, call)
+            self._owner = call.config
+        else:
+            self.absorb(input_ids)
+        if call.unfinished is not None:
+            self._state["live"] = self._state["live"] & call.unfinished.bool().to(self._state["live"].device)
+        return self._step(input_ids, scores)
 
     def _step(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        s, t = self._state, self._tables
         # What the model would emit now: the argmax, or a sample from the final distribution.
         choice = self._pick(input_ids, scores)
-        # wait=None suppresses an attempt: the row takes the best (or a sampled) non-attempt token.
+        # Rows whose attempt is skipped or suppressed take the best (or a sampled) non-attempt token.
         alternative = None
-        if not self._seqs.wait:
-            alternative = self._pick(input_ids, scores.masked_fill(self._tables["is_attempt"], float("-inf")))
-        self._state, token, forced = self._step_fn(
-            self._state, self._tables, choice, input_ids[:, -1], alternative
-        )
-        # Force in place. Greedy with nothing after us: +inf on the token is enough for argmax, and
-        # costs O(rows). Otherwise -inf everywhere but the token, so any warper keeps only it.
-        kept = scores.gather(1, token[:, None])
-        if self._plain_argmax:
-            return scores.scatter_(1, token[:, None], torch.where(forced[:, None], float("inf"), kept))
-        scores.masked_fill_(forced[:, None], float("-inf"))
-        return scores.scatter_(1, token[:, None], torch.where(forced[:, None], 0.0, kept))
+        if bool(core.needs_alternative(s, t, choice).any()):
+            alternative = self._pick(input_ids, scores.masked_fill(t["is_attempt"], float("-inf")))
+        new, token, _ = self._step_fn(s, t, choice, input_ids[:, -1], alternative)
+        # Every row's token is known now (the answer's too: it is ``choice``), so count it at once:
+        # the statistics are then exact whichever criterion ends generate. Stopped rows freeze.
+        new = self._absorb_fn(new, t, token)
+        live = s["live"]
+        self._state = {k: torch.where(live, v, s[k]) if k != "live" else v for k, v in new.items()}
+        self._state["token"] = token
+        # Force on a copy, only where needed: -inf everywhere but the token, so that nothing before
+        # or after this processor undoes it. Under sampling (and with processors after us) every
+        # row; under plain greedy only rows whose token is not already the argmax.
+        change = live if self._force_all else live & (token != choice)
+        self._forced_rows = None
+        if not bool(change.any()):
+            return scores
+        out = scores.clone()
+        rows = change.nonzero().squeeze(1)
+        out[rows] = float("-inf")
+        out[rows, token[rows]] = 0.0
+        self._forced_rows, self._forced_tokens = rows, token[rows]
+        return out
 
     def _pick(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.LongTensor:
-        if not self._sampling:
-            return scores.argmax(-1)
-        # Apply the warpers generate would apply after us, then sample as generate does.
-        final = scores.clone()  # warpers may work in place; the original scores must survive
+        # Apply what generate applies after us (sampling warpers, later processors), on copies.
+        final = scores
         for processor in self._downstream:
-            final = processor(input_ids, final)
+            final = processor(input_ids, final.clone())
+        if not self._sampling:
+            return final.max(-1).indices  # faster than argmax on CPU; same first-maximum rule
         return torch.multinomial(torch.softmax(final, dim=-1), num_samples=1).squeeze(1)
 
     # ------------------------------------------------------------------------------ call detection
-    def _caller(self) -> tuple[GenerationConfig | None, list]:
-        """The calling generate's config and the processors after this one, read from its frames.
+    def _caller(self) -> _Call:
+        """What the calling ``generate`` is doing, read from its frames (the one place that does).
 
-        Logits processors get no handle on the generation config; this reads it (and detects a new
-        generate call by its identity) from the ``generate`` frames above, once per step.
+        A logits processor gets no handle on ``generate``'s configuration, and transformers has no
+        public way to learn the decoding mode, the EOS ids or which rows it has stopped. So this
+        reads the locals of generate's decoding loop (``_sample``): cheaply each step at the depth
+        found before, with a full walk only when a call starts or the depth changed. Outside
+        ``generate`` (direct calls) nothing is found and new calls are told apart by shape.
         """
-        frame = sys._getframe(1).f_back  # above __call__
-        downstream: list = []
-        for _ in range(8):
+        frame = sys._getframe(self._depth)
+        if frame is not None and frame.f_code.co_name == "_sample":
+            local = frame.f_locals
+            config = local.get("generation_config")
+            if config is self._owner and config is not None:
+                return _Call(config, local.get("unfinished_sequences"))
+        return self._walk()
+
+    def _walk(self) -> _Call:
+        frame, depth = sys._getframe(2), 2  # above __call__ and _caller
+        processors = None
+        generate_locals: dict = {}
+        for _ in range(12):
             if frame is None:
                 break
             local = frame.f_locals
             owner = local.get("self")
-            if isinstance(owner, LogitsProcessorList) and not downstream:
-                members = [id(p) for p in owner]
-                if id(self) in members:
-                    downstream = list(owner)[members.index(id(self)) + 1 :]
+            if isinstance(owner, LogitsProcessorList) and processors is None:
+                processors = owner
             config = local.get("generation_config")
             if isinstance(config, GenerationConfig):
                 if frame.f_code.co_name != "_sample":
@@ -253,47 +337,126 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
                         f"running {frame.f_code.co_name!r} (beam search or assisted/speculative decoding). "
                         "Use num_beams=1 and no assistant_model / prompt_lookup_num_tokens."
                     )
-                return config, downstream
-            frame = frame.f_back
-        return None, downstream
+                self._depth = depth - 1  # seen from __call__, one frame less
+                outer = frame.f_back
+                for _ in range(4):  # generate() itself: the tokenizer a caller passed, and the model
+                    if outer is None or outer.f_code.co_name == "generate":
+                        break
+                    outer = outer.f_back
+                if outer is not None:
+                    generate_locals = outer.f_locals
+                mode_kwargs = generate_locals.get("generation_mode_kwargs") or {}
+                tokenizer = generate_locals.get("tokenizer") or mode_kwargs.get("tokenizer")
+                return _Call(
+                    config, local.get("unfinished_sequences"), processors, tokenizer, local.get("self")
+                )
+            frame, depth = frame.f_back, depth + 1
+        return _Call(None, None, processors)
 
-    def _begin(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, config, downstream: list
-    ) -> None:
+    # ------------------------------------------------------------------------------------- a call
+    def _resolve_tokenizer(self, call: _Call) -> None:
+        """Find the tokenizer when none was given: generate's ``tokenizer=``, else the model's path."""
+        if self._given_tokenizer:
+            return
+        if call.tokenizer is not None:
+            if call.tokenizer is not self.tokenizer:
+                self._use_tokenizer(call.tokenizer)
+            self._resolved_from = None
+            return
+        path = getattr(call.model, "name_or_path", "") or ""
+        if self.tokenizer is not None and self._resolved_from == path and path:
+            return
+        if not path:
+            raise ValueError(
+                "BudgetForcing needs the model's tokenizer and cannot find it: the model has no "
+                "name_or_path (built from a config?). Pass it: BudgetForcing(tokenizer, ...) or "
+                "model.generate(..., tokenizer=tokenizer)."
+            )
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as err:  # missing files, offline mode, ...: one clear message
+            raise ValueError(
+                f"BudgetForcing could not load the tokenizer of {path!r} ({err!r:.200}). Pass it: "
+                "BudgetForcing(tokenizer, ...) or model.generate(..., tokenizer=tokenizer)."
+            ) from err
+        self._use_tokenizer(tokenizer)
+        self._resolved_from = path
+
+    def _begin(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, call: _Call) -> None:
         """Start a new generate call: build per-vocab tables and analyse each row's prompt."""
-        rows, length = input_ids.shape
-        device, vocab = scores.device, scores.shape[-1]
-        self._rows, self._length = rows, length
+        config = call.config
         if config is not None and config.num_beams not in (None, 1):
             raise ValueError(
                 "BudgetForcing does not support beam search; use num_beams=1 (s1 decodes greedily)."
             )
+        self._resolve_tokenizer(call)
+        if self.tokenizer is None:
+            raise ValueError(
+                "BudgetForcing was called outside generate() without a tokenizer; pass it: "
+                "BudgetForcing(tokenizer, ...)."
+            )
+        rows, length = input_ids.shape
+        device, vocab = scores.device, scores.shape[-1]
+        self._rows, self._length = rows, length
         self._sampling = bool(config is not None and config.do_sample)
-        self._downstream = downstream if self._sampling else []
-        self._plain_argmax = not self._sampling and not downstream
+        self._downstream = self._after_me(call.processors)
+        self._force_all = self._sampling or bool(self._downstream)
+        if self._downstream:
+            self._protect(call.processors)
 
-        eos = set(self._seqs.eos)
-        if config is not None and config.eos_token_id is not None:
-            eos |= {config.eos_token_id} if isinstance(config.eos_token_id, int) else set(config.eos_token_id)
-        stop_ids = (
-            config.eos_token_id if config is not None and config.eos_token_id is not None else self._seqs.eos
-        )
-        stop_ids = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
+        config_eos = None if config is None else config.eos_token_id
+        eos, stop_id = core.eos_ids(self._seqs, config_eos)
+        core.check_sequences(self._seqs, self.format, self.wait, self.answer_prefix, eos)
+        core.check_vocab(self._seqs, eos, vocab)
+        pad = None if config is None else config.pad_token_id
+        self._pad = torch.tensor(-1 if pad is None else pad, device=device)
+
         ends_newline, is_space = core.vocab_flags(self.tokenizer, vocab, device)
         self._tables = core.build_tables(
-            self._seqs, vocab, ends_newline, is_space, device, eos_ids=sorted(eos), stop_id=stop_ids[0]
+            self._seqs, vocab, ends_newline, is_space, device, eos_ids=eos, stop_id=stop_id
         )
         self._absorb_fn, self._step_fn = self._kernels()
-        self._state = s = core.init_state(
+        prompts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=False)
+        closers = [self.tokenizer.decode([e]) for e in eos]
+        phase = torch.tensor([core.prompt_phase(p, self.format, closers) for p in prompts], device=device)
+        s = core.init_state(
             self._tables,
             input_ids,
             min=core.row_tensor(self.min, "min", 0, rows, device),
             max=core.row_tensor(self.max, "max", core.UNLIMITED, rows, device),
             num_waits=self.num_waits,
             max_answer=self.max_answer_tokens,
+            phase=phase,
         )
+        self._state = {
+            **s,
+            "live": torch.ones(rows, dtype=torch.bool, device=device),
+            "token": torch.zeros(rows, dtype=torch.long, device=device),
+        }
         if config is not None:
             self._check_room(config, length, s)
+
+    def _after_me(self, processors) -> list:
+        """The processors generate runs after this one in its list (the sampling warpers, ...)."""
+        if processors is None:
+            return []
+        members = [id(p) for p in processors]
+        if id(self) not in members:
+            return []
+        return list(processors)[members.index(id(self)) + 1 :]
+
+    def _protect(self, processors) -> None:
+        """With processors after this one (warpers, a ban, a penalty): re-force our rows after each.
+
+        ``generate`` builds its processor list afresh per call, so wrapping its later entries in
+        place (never reordering: the list is being iterated) affects only this call.
+        """
+        start = [id(p) for p in processors].index(id(self)) + 1
+        for i in range(start, len(processors)):
+            if not isinstance(processors[i], _Reforce):
+                processors[i] = _Reforce(processors[i], self)
 
     def _kernels(self):
         """The state-update functions, compiled (cached per processor) where that pays off."""
@@ -313,21 +476,49 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             room = config.max_length - prompt_length
         if room is None:
             return
-        need_min = int(s["min"].max()) + self.end_overhead
+        overhead = self.end_overhead
+        need_min = int(s["min"].max()) + overhead
         if need_min > room:
             raise ValueError(
                 f"max_new_tokens={room} cannot honour min={int(s['min'].max())} thinking tokens plus up to "
-                f"{self.end_overhead} forced delimiter/prefix tokens; raise max_new_tokens to at least "
+                f"{overhead} forced delimiter/prefix tokens; raise max_new_tokens to at least "
                 f"{need_min} (plus room for the answer) or lower `min`."
             )
-        top = int(s["max"].max())
-        if top < core.UNLIMITED and top + self.end_overhead > room:
+        capped = s["max"][s["max"] < core.UNLIMITED]  # rows with max=None have no cap to fit
+        top = int(capped.max()) if capped.numel() else 0
+        if capped.numel() and top + overhead > room:
             raise ValueError(
                 f"max_new_tokens={room} is smaller than the thinking budget max={top} plus up to "
-                f"{self.end_overhead} forced delimiter/prefix tokens, so thinking could be cut without an "
-                f"answer; raise max_new_tokens to at least {top + self.end_overhead} (plus room for the "
+                f"{overhead} forced delimiter/prefix tokens, so thinking could be cut without an "
+                f"answer; raise max_new_tokens to at least {top + overhead} (plus room for the "
                 "answer) or lower `max`."
             )
+
+
+class _Call(NamedTuple):
+    """What `BudgetForcingLogitsProcessor._caller` learned about the calling ``generate``."""
+
+    config: GenerationConfig | None
+    unfinished: torch.Tensor | None
+    processors: LogitsProcessorList | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
+    model: object | None = None
+
+
+class _Reforce(LogitsProcessor):
+    """Runs a processor placed after budget forcing, then forces the rows it forced again."""
+
+    def __init__(self, inner: LogitsProcessor, owner: BudgetForcingLogitsProcessor) -> None:
+        self.inner, self.owner = inner, owner
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        out = self.inner(input_ids, scores)
+        rows = getattr(self.owner, "_forced_rows", None)
+        if rows is None or not rows.numel():
+            return out
+        out[rows] = float("-inf")  # in place: ``out`` is a copy made after budget forcing's own
+        out[rows, self.owner._forced_tokens] = 0.0
+        return out
 
 
 #: Short alias.

@@ -10,7 +10,7 @@ and then hands the command line to lm-eval unchanged::
 
     budget-forcing-eval --model hf-budget-forcing \\
         --model_args pretrained=simplescaling/s1.1-32B,thinking_max=8000,num_waits=2,dtype=bfloat16 \\
-        --include_path benchmarks/tasks --tasks aime24_bf --apply_chat_template \\
+        --tasks aime24_bf --apply_chat_template \\
         --gen_kwargs max_gen_toks=32768 --batch_size 8 --output_path results --log_samples
 
 (``python -m budget_forcing.integrations.lm_eval ...`` does the same.)
@@ -64,6 +64,7 @@ try:
     from lm_eval.api.registry import register_model
     from lm_eval.models.huggingface import HFLM
     from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs
+    from lm_eval.tasks import TaskManager
     from lm_eval.utils import hash_string, sanitize_model_name
     from tqdm import tqdm
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -72,8 +73,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "The lm-eval integration needs lm-eval: install it with `pip install 'budget-forcing[eval]'`."
     ) from err
 
-from budget_forcing.formats import ThinkingFormat, get_format
+from budget_forcing.formats import ThinkingFormat, ThinkingSplitter, get_format
 from budget_forcing.processor import BudgetForcing
+from budget_forcing.tasks import TASKS_DIR
 
 __all__ = ["BudgetSettings", "BudgetForcingLM", "cli_evaluate", "MODEL_NAME", "SIDECAR_DIR_ENV"]
 
@@ -271,13 +273,13 @@ class BudgetForcingLM(HFLM):
         return bf, tmax
 
     def _split(self, text: str, answer_tokens: int) -> tuple[str, str | None]:
-        """``(head, answer)``: ``head`` ends with the end delimiter; ``answer`` is None if thinking never ended."""
-        end = self.thinking_format.end
-        index = text.find(end)  # thinking never contains the end delimiter: the first one closes it
-        if index < 0:
+        """``(head, answer)``: ``head`` runs up to the answer; ``answer`` is None if thinking never ended."""
+        splitter = ThinkingSplitter(self.thinking_format)
+        splitter.feed(text)
+        splitter.finish()
+        if splitter.answer_start is None:  # no end delimiter: thinking never ended, or the prompt closed it
             return ("", text) if answer_tokens > 0 else (text, None)
-        cut = index + len(end)
-        return text[:cut], text[cut:]
+        return text[: splitter.answer_start], text[splitter.answer_start :]
 
     def _finish_answer(self, answer: str, until: list[str], prefix: str) -> str:
         """Cut the answer at the answer end and at lm-eval's stop strings, sparing the forced prefix."""
@@ -351,7 +353,7 @@ class BudgetForcingLM(HFLM):
                     answer_text, full = "", head
                 else:
                     forced = stats[row]["forced_end"] and settings.answer_prefix
-                    prefix = self.thinking_format.answer_sep + settings.answer_prefix if forced else ""
+                    prefix = settings.answer_prefix if forced else ""
                     answer_text = self._finish_answer(answer, until, prefix)
                     full = head + answer_text
                 result = full if self.output == "full" else answer_text.lstrip()
@@ -425,20 +427,36 @@ def _output_path(argv: list[str]) -> str | None:
     return None
 
 
-def cli_evaluate(argv: list[str] | None = None) -> None:
-    """``budget-forcing-eval``: register ``hf-budget-forcing``, then run lm-eval's CLI on the same argv.
+class _WithPackagedTasks(TaskManager):
+    """lm-eval's ``TaskManager`` that also finds the packaged ``*_bf`` tasks (``--include_path`` still works)."""
 
-    Behaves exactly like ``lm_eval ...``; with ``--output_path`` the sidecar goes next to the samples.
+    def __init__(self, *args: Any, include_path: Any = None, **kwargs: Any) -> None:
+        paths = include_path if isinstance(include_path, (list, tuple)) else [include_path]
+        # The packaged tasks first: later paths override earlier ones, so the user's own tasks win.
+        paths = [str(TASKS_DIR), *(str(p) for p in paths if p and Path(p) != TASKS_DIR)]
+        super().__init__(*args, include_path=paths, **kwargs)
+
+
+def cli_evaluate(argv: list[str] | None = None) -> None:
+    """``budget-forcing eval``: lm-eval's CLI with ``hf-budget-forcing`` registered and the ``*_bf`` tasks.
+
+    Behaves exactly like ``lm_eval ...`` plus the packaged task directory (`budget_forcing.tasks`);
+    with ``--output_path`` the sidecar goes next to the samples.
     """
+    import lm_eval.tasks
+    from lm_eval.__main__ import cli_evaluate as lm_eval_cli
+
     _register()
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     output_path = _output_path(sys.argv[1:])
     if output_path:
         os.environ.setdefault(SIDECAR_DIR_ENV, output_path)
-    from lm_eval.__main__ import cli_evaluate as lm_eval_cli
-
-    lm_eval_cli()
+    lm_eval.tasks.TaskManager = _WithPackagedTasks  # the CLI looks it up when it builds the task list
+    try:
+        lm_eval_cli()
+    finally:
+        lm_eval.tasks.TaskManager = TaskManager
 
 
 if __name__ == "__main__":

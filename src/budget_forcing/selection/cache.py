@@ -6,7 +6,7 @@ the process at any moment loses at most the calls still in flight, and a rerun r
 the finished ones.
 
 Example:
-    >>> from recipes.s1k.cache import Cache
+    >>> from budget_forcing.selection.cache import Cache
     >>> cache = Cache(":memory:")
     >>> cache.put("attempt", "qwen", "abc", "42")
     >>> cache.get_many("attempt", "qwen", ["abc", "zzz"])

@@ -12,8 +12,8 @@ Steps, in order (each dropped row is reported with its reason):
 The rows passing steps 1-2 are also written to ``quality_output`` (input of the ablations).
 
 Example:
-    >>> from recipes.s1k.filters import format_issue
-    >>> from recipes.s1k.config import FilterConfig
+    >>> from budget_forcing.selection.filters import format_issue
+    >>> from budget_forcing.selection.config import FilterConfig
     >>> format_issue("[asy] draw((0,0)--(1,1)); [/asy] Find x.", "MATH", FilterConfig())
     'asy'
     >>> format_issue("[asy] draw((0,0)--(1,1)); [/asy] Find x.", "qq8933/AIME_1983_2024", FilterConfig())

@@ -12,11 +12,11 @@ For every question:
 * ``feature_errors``: why a feature is missing (failed calls, unparsable replies); the filter
   stage drops those rows with reason ``missing_feature``.
 
-Every call and computed value is committed to the cache (:class:`~recipes.s1k.cache.Cache`)
+Every call and computed value is committed to the cache (:class:`~budget_forcing.selection.cache.Cache`)
 under ``(stage, model, hash)`` as soon as it exists: rerunning after a crash redoes nothing.
 
 Example:
-    >>> from recipes.s1k.featurize import parse_judge, parse_domain, reference_answer
+    >>> from budget_forcing.selection.featurize import parse_judge, parse_domain, reference_answer
     >>> parse_judge("The answers agree.\\nYes"), reference_answer("So it is $\\\\boxed{12}$.", 40)
     (True, '12')
     >>> parse_domain("This is number theory.\\n11", {"11": "Number theory"})

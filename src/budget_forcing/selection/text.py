@@ -1,7 +1,7 @@
 """Text normalisation and hashed word n-grams for decontamination and dedup.
 
 Example:
-    >>> from recipes.s1k.text import normalize, ngram_hashes
+    >>> from budget_forcing.selection.text import normalize, ngram_hashes
     >>> normalize("  What IS\\n2 + 2? ")
     'what is 2 + 2?'
     >>> len(ngram_hashes("a b c d e f g h i", n=8))

@@ -4,7 +4,7 @@ Every stage writes ``<output_dir>/reports/<stage>.json`` (machine-readable: rows
 step, and one entry per dropped row with its reason) and ``<stage>.txt`` (a human summary).
 
 Example:
-    >>> from recipes.s1k.io import StageReport
+    >>> from budget_forcing.selection.io import StageReport
     >>> report = StageReport("demo", rows_in=3)
     >>> report.step("drop_even", rows_in=3, dropped=[(0, "even", ""), (2, "even", "")])
     >>> report.rows_out
@@ -135,7 +135,7 @@ class StageReport:
     def warn(self, message: str) -> None:
         import logging
 
-        logging.getLogger("recipes.s1k").warning(message)
+        logging.getLogger("budget_forcing.selection").warning(message)
         self.warnings.append(message)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,8 +11,8 @@ takes seconds.
 
 Example:
     >>> from datasets import Dataset
-    >>> from recipes.s1k.config import DecontaminateConfig
-    >>> from recipes.s1k.decontaminate import decontaminate
+    >>> from budget_forcing.selection.config import DecontaminateConfig
+    >>> from budget_forcing.selection.decontaminate import decontaminate
     >>> pool = Dataset.from_dict({"row_id": [0, 1], "question": ["What is 1+1?", "what is  1+1?"],
     ...                           "source_type": ["a", "a"]})
     >>> kept, report = decontaminate(pool, DecontaminateConfig(eval_files=[]), eval_texts={})
@@ -59,7 +59,7 @@ def load_eval_sets(
 ) -> dict[str, list[str]]:
     """Evaluation questions by set name from local JSONL/parquet files, globs, or hub specs.
 
-    Entries are paths (``benchmarks/tasks/data/*.jsonl`` globs expand), or hub datasets written
+    Entries are paths (``budget_forcing/tasks/data/*.jsonl`` globs expand), or hub datasets written
     ``owner/name[:config][@split]`` (e.g. ``Idavidrein/gpqa:gpqa_diamond@train``; split default
     ``test``). An entry of ``files`` that cannot be loaded is skipped with a warning (the defaults
     point at the project's benchmark task files); one of ``required`` is an error.

@@ -5,7 +5,7 @@ random pseudo-words (so no two share a word 8-gram by chance) ending in an arith
 a checkable answer; ``truth`` says which rows were planted and why.
 
 Example:
-    >>> from recipes.s1k.synthetic import make_pool
+    >>> from budget_forcing.selection.synthetic import make_pool
     >>> pool = make_pool(200, seed=0)
     >>> len(pool.rows), sorted(pool.truth)[:2]
     (200, ['contaminated', 'duplicate_cross_source'])

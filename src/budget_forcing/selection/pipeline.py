@@ -8,7 +8,7 @@ Every stage reads its input file, writes its output file (atomically) and a repo
 
 Example (the tiny local recipe: a local model as the difficulty filter's base model,
 math-verify grading only, domains from a column):
-    >>> from recipes.s1k.pipeline import load_config, run_all
+    >>> from budget_forcing.selection.pipeline import load_config, run_all
     >>> config = load_config("recipes/configs/selection/tiny.yaml", {
     ...     "pool": "my_pool.jsonl", "output_dir": "outputs/s1k_tiny",
     ...     "featurize.base_models": [{"name": "tiny", "backend": "local", "model": "path/to/model"}],
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .algorithm import in_phase1, plot_selection, select_indices
 from .backends import ChatBackend
 from .cache import Cache
 from .config import SelectionConfig, apply_overrides, config_from_dict
@@ -34,7 +35,6 @@ from .featurize import featurize
 from .filters import apply_filters
 from .formatting import to_sft
 from .io import StageReport, column, ensure_ids, load_table, save_table
-from .selection import in_phase1, plot_selection, select_indices
 
 __all__ = [
     "StageResult",
@@ -48,7 +48,7 @@ __all__ = [
     "STAGES",
 ]
 
-logger = logging.getLogger("recipes.s1k")
+logger = logging.getLogger("budget_forcing.selection")
 
 
 @dataclass

@@ -8,7 +8,7 @@ Answer: {attempt}`` ("Answer: " is prepended when absent, as s1 trains), ``think
 ``deepseek`` = ``deepseek_thinking_trajectory`` / ``deepseek_attempt`` (s1K-1.1).
 
 Example:
-    >>> from recipes.s1k.formatting import assistant_text
+    >>> from budget_forcing.selection.formatting import assistant_text
     >>> assistant_text("2+2 is 4", "4", "s1", "auto")
     '<|im_start|>think\\n2+2 is 4\\n<|im_start|>answer\\nAnswer: 4'
 """

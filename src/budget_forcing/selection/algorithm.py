@@ -14,7 +14,7 @@ Ablations: ``random`` (uniform), ``diverse`` (uniform domain, then uniform withi
 ``longest`` (the ``n`` longest traces), ``full`` (every row).
 
 Example:
-    >>> from recipes.s1k.selection import algorithm1
+    >>> from budget_forcing.selection.algorithm import algorithm1
     >>> rows = [{"source": "x", "domain": d, "length": l, "correct": False}
     ...         for d in "ab" for l in range(10)]
     >>> picks = algorithm1(rows, n=4, seed=0, keep_sources=[], long_trace_sources=[], long_trace_min_tokens=0)

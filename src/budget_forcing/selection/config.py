@@ -5,7 +5,7 @@ stage (``decontaminate``, ``featurize``, ``filter``, ``select``, ``format``). Un
 error that names the valid ones, so a typo never silently falls back to a default.
 
 Example:
-    >>> from recipes.s1k.config import config_from_dict
+    >>> from budget_forcing.selection.config import config_from_dict
     >>> config = config_from_dict({"output_dir": "out", "select": {"n": 10}})
     >>> config.select.n, config.select.method
     (10, 's1k')
@@ -17,6 +17,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from budget_forcing.tasks import TASKS_DIR
 
 __all__ = [
     "ModelConfig",
@@ -31,8 +33,8 @@ __all__ = [
     "apply_overrides",
 ]
 
-#: The project's benchmark task files (lm-eval tasks under benchmarks/tasks/).
-DEFAULT_EVAL_FILES = ["benchmarks/tasks/data/*.jsonl"]
+#: The sample files of the packaged lm-eval tasks (``budget_forcing/tasks/data``).
+DEFAULT_EVAL_FILES = [str(TASKS_DIR / "data" / "*.jsonl")]
 DEFAULT_FORMAT_PATTERNS: dict[str, str] = {
     # ASCII-art diagrams (Asymptote); exempt for the sources listed in `asy_exempt_sources`.
     "asy": r"\[asy\]",

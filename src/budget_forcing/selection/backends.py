@@ -12,8 +12,8 @@ they finish, so the caller can commit each result to the cache immediately.
   (:class:`budget_forcing.BudgetForcing`, one ``generate`` call).
 
 Example:
-    >>> from recipes.s1k.backends import make_backend
-    >>> from recipes.s1k.config import ModelConfig
+    >>> from budget_forcing.selection.backends import make_backend
+    >>> from budget_forcing.selection.config import ModelConfig
     >>> backend = make_backend(ModelConfig(name="q7", model="Qwen/Qwen2.5-7B-Instruct",
     ...                                    base_url="http://127.0.0.1:8000/v1"))
     >>> for index, text in backend.generate([[{"role": "user", "content": "1+1?"}]]):  # doctest: +SKIP
@@ -37,7 +37,7 @@ from .config import ModelConfig
 
 __all__ = ["ChatBackend", "OpenAIChatBackend", "LocalHFBackend", "make_backend", "BackendError"]
 
-logger = logging.getLogger("recipes.s1k")
+logger = logging.getLogger("budget_forcing.selection")
 Messages = list[dict[str, str]]
 
 

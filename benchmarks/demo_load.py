@@ -1,0 +1,149 @@
+"""The demo's SFT stage on a busy machine: seconds per step with and without a CPU-bound competitor.
+
+Runs the demo's real SFT stage (``accelerate launch recipes/sft.py --config demo/configs/sft.yaml``
+on the demo model and pool) for ``--steps`` optimizer steps, side by side:
+
+1. ``quiet``: thread count picked by ``budget_forcing.threads`` (what the demo does), nothing else;
+2. ``competitor``: the same, while one CPU-bound process spins on a core;
+3. ``competitor, old settings``: as the demo ran before, every core's worth of threads and OpenMP's
+   default spin-waiting, while the competitor spins.
+
+It prints seconds per step (the trainer's own ``train_runtime``, so start-up is not counted) and the
+slowdown of each setting against the quiet one. With one competitor on 2 cores the demo should slow
+about in proportion to the cores it loses (up to ~2x), never the 50x that spinning threads caused.
+Other programs running at the same time move every figure: compare the ratios of one run.
+
+Usage:
+    python benchmarks/demo_load.py                 # 60 steps per setting, about 2 minutes on 2 cores
+    python benchmarks/demo_load.py --steps 30 --competitors 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "src"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+def _competitor() -> subprocess.Popen:
+    """A CPU-bound program of its own (own session, so the scheduler treats it as another program)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+
+
+def prepare(workdir: Path, pool_size: int) -> tuple[Path, Path]:
+    """The demo's untrained model and a pool in s1K columns (what the SFT recipe reads)."""
+    from budget_forcing.testing import tiny_model
+    from demo.make_pool import make_pool, tokenizer_corpus, write_jsonl
+    from demo.tokenizer import demo_tokenizer
+
+    pool = [row for row in make_pool(pool_size, seed=0, defective=0.0)]
+    data = write_jsonl(pool, workdir / "pool.jsonl")
+    tokenizer = demo_tokenizer(tokenizer_corpus(pool))
+    model = tiny_model(tokenizer, hidden_size=128, num_layers=5, seed=0)
+    model.generation_config.max_length = None
+    tokenizer.save_pretrained(workdir / "init_model")
+    model.save_pretrained(workdir / "init_model")
+    return workdir / "init_model", data
+
+
+def train(model: Path, data: Path, out: Path, steps: int, env: dict[str, str]) -> float:
+    """Seconds per optimizer step of the demo's SFT recipe (the trainer's ``train_runtime``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "recipes/accelerate_configs/cpu.yaml",
+        "recipes/sft.py",
+        "--config",
+        "demo/configs/sft.yaml",
+        "--model_name_or_path",
+        str(model),
+        "--dataset_name",
+        str(data),
+        "--answer_prefix",
+        "",
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(steps),
+        "--logging_steps",
+        str(steps),
+        "--disable_tqdm",
+        "true",
+    ]
+    env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"SFT failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    state = json.loads((out / "trainer_state.json").read_text())
+    runtime = next(e["train_runtime"] for e in state["log_history"] if "train_runtime" in e)
+    return runtime / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    from budget_forcing.threads import pick_threads, thread_env, usable_cores
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per setting")
+    parser.add_argument("--competitors", type=int, default=1, help="CPU-bound processes to compete with")
+    parser.add_argument("--pool_size", type=int, default=1000)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads of the quiet run (default: picked from the load)"
+    )
+    args = parser.parse_args(argv)
+
+    cores = usable_cores()
+    print(f"{cores} usable cores; load average at the start {os.getloadavg()}")
+    old_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
+    old_env |= {"OMP_NUM_THREADS": str(cores), "TOKENIZERS_PARALLELISM": "true"}
+    settings = [("quiet", 0, "auto"), ("competitor", args.competitors, "auto")]
+    settings.append(("competitor, old settings", args.competitors, "old"))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model, data = prepare(Path(tmp), args.pool_size)
+        for name, competitors, mode in settings:
+            spinners = [_competitor() for _ in range(competitors)]
+            time.sleep(2 if competitors else 0)  # let the load show before picking threads
+            try:
+                if mode == "old":
+                    threads, env = cores, old_env
+                else:  # what the demo does: look at the machine now (the competitor running), then pick
+                    threads = pick_threads(args.threads if competitors == 0 else None, cores=cores)
+                    env = thread_env(threads)
+                begin = time.perf_counter()
+                per_step = train(model, data, Path(tmp) / mode / str(competitors), args.steps, env)
+                wall = time.perf_counter() - begin
+            finally:
+                for p in spinners:
+                    p.terminate()
+                    p.wait()
+            results.append((name, competitors, threads, per_step, wall))
+            print(
+                f"{name:>26}: {threads} thread(s), {competitors} competitor(s): {per_step:.3f} s/step "
+                f"({wall:.0f} s wall)",
+                flush=True,
+            )
+    base = results[0][3]
+    print("\n| setting | threads | competitors | s/step | slowdown vs quiet |\n|---|---|---|---|---|")
+    for name, competitors, threads, per_step, _ in results:
+        print(f"| {name} | {threads} | {competitors} | {per_step:.3f} | {per_step / base:.2f}x |")
+    print(f"load average at the end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
