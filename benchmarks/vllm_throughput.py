@@ -192,18 +192,15 @@ def main(args) -> None:
     print(
         f"(c) batch {args.batch}, max {args.tokens}: ours {n_a / t_ours:.0f} tok/s, thinking_token_budget "
         f"{n_b / t_builtin:.0f} tok/s, ratio {(n_a / t_ours) / (n_b / t_builtin):.3f}; identical outputs "
-        f"{same} of {args.batch}"
+        f"{same} of {args.batch} ({n_a} vs {n_b} tokens)"
     )
     if same < args.batch:
         x, y = next(
             (x, y) for x, y in zip(a, b) if list(x.outputs[0].token_ids) != list(y.outputs[0].token_ids)
         )
-        print(
-            "    first difference, ours:    ", tok.decode([i for i in x.outputs[0].token_ids if i < len(tok)])
-        )
-        print(
-            "    first difference, builtin: ", tok.decode([i for i in y.outputs[0].token_ids if i < len(tok)])
-        )
+        x, y = list(x.outputs[0].token_ids), list(y.outputs[0].token_ids)
+        at = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+        print(f"    first difference at token {at}: ours {x[at : at + 8]}, builtin {y[at : at + 8]}")
 
 
 if __name__ == "__main__":
