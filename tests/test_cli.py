@@ -468,24 +468,25 @@ def test_eval_hands_the_rest_of_the_command_line_to_lm_eval(capsys, monkeypatch)
     assert code == 2 and "pip install 'budget-forcing[eval]'" in err
 
 
-def test_recipe_pass_throughs(capsys, monkeypatch, tmp_path):
+def test_sft_launches_the_packaged_recipe_from_any_directory(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli_module.subprocess, "call", lambda command: calls.append(command) or 0)
-    (tmp_path / "recipes").mkdir()
-    (tmp_path / "recipes" / "sft.py").write_text("")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # no clone here
     assert main(["sft", "--config_file", "cpu.yaml", "--", "--config", "tiny.yaml"]) == 0
-    assert calls[-1][-5:] == [
+    assert calls[-1][-6:] == [
         "--config_file",
         "cpu.yaml",
-        str(tmp_path / "recipes" / "sft.py"),
+        "-m",
+        "budget_forcing.sft",
         "--config",
         "tiny.yaml",
     ]
-    monkeypatch.setattr(cli_module, "_REPO_ROOT", tmp_path / "nowhere")
-    monkeypatch.chdir(tmp_path / "recipes")
-    code, _, err = run_cli(capsys, ["sft", "--config", "x.yaml"])
-    assert code == 2 and "recipes/sft.py not found" in err and len(calls) == 1
+
+
+def test_select_runs_in_process(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["select", "synth", "--rows", "40", "--output", "pool/pool.jsonl"]) == 0
+    assert len((tmp_path / "pool" / "pool.jsonl").read_text().splitlines()) == 40
 
 
 # ------------------------------------------------------------------------------------------ the docs
