@@ -106,7 +106,10 @@ def test_the_import_graph_has_no_cycles():
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if not n.endswith("__main__")))
 def test_every_module_imports(name):
-    importlib.import_module(name)
+    try:
+        importlib.import_module(name)
+    except ImportError as err:  # an integration whose extra is not installed must say which one
+        assert "pip install 'budget-forcing[" in str(err), f"{name}: {err}"
 
 
 def test_no_sys_path_edits_anywhere():
