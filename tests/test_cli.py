@@ -7,13 +7,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from procs import run
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from budget_forcing import BudgetForcing
@@ -394,19 +394,15 @@ def test_console_script_in_a_subprocess(model_dir):
     command = [str(script)] if script.exists() else [sys.executable, "-m", "budget_forcing.cli"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = ["generate", str(model_dir), "--format", "think", "--max", "5", "--max-new-tokens", "12", "--json"]
-    done = subprocess.run(
-        command + args + ["-q", QUESTIONS[0]], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
+    done = run(command + args + ["-q", QUESTIONS[0]], env=env, timeout=300)
     row = json.loads(done.stdout)
     stats, texts, _, _ = reference(model_dir, QUESTIONS[:1], max_new_tokens=12, format="think", max=5)
     assert row["text"] == texts[0] and row["thinking_tokens"] == stats.thinking_tokens[0] == 5
-    bad = subprocess.run(
+    bad = run(
         command + ["generate", str(model_dir), "--min", "5", "--max", "2", "-q", "x"],
-        capture_output=True,
-        text=True,
         env=env,
         timeout=300,
+        check=False,
     )
     assert bad.returncode == 2 and "--min (5) is larger than --max (2)" in bad.stderr
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from procs import run
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("math_verify")
@@ -211,8 +211,7 @@ def test_console_script_runs_lm_eval_end_to_end(tok, tmp_path) -> None:
     }
     env["OMP_NUM_THREADS"] = "1"  # 2 shared CPU cores: no thread oversubscription
     env.pop("BUDGET_FORCING_SIDECAR_DIR", None)
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run(cmd, env=env, cwd=tmp_path, timeout=600)
     assert "aime24_bf_sample" in proc.stdout and "math500_bf" in proc.stdout
 
     run_dir = next(out.iterdir())

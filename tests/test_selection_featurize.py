@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from procs import run, started
 from selection_helpers import (
     REPO,
     SECRET,
@@ -308,10 +308,7 @@ def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path, tok_di
         config_path.write_text(
             yaml.safe_dump(server_config(server.url, run_dir, tok_dir, **{"featurize.input": pool}))
         )
-        proc = subprocess.Popen(
-            _featurize_cmd(config_path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
+        with started(_featurize_cmd(config_path), env=_env()) as proc:
             assert server.holding.wait(120), "the featurize run never reached the hold point"
             cache = run_dir / "cache.sqlite"
             deadline = time.time() + 30
@@ -320,7 +317,6 @@ def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path, tok_di
             answered_before_kill = server.total_answered()
             assert cached_call_count(cache) == answered_before_kill  # every answer was committed
             os.kill(proc.pid, signal.SIGKILL)
-        finally:
             proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
         assert not (run_dir / "featurized.parquet").exists()
@@ -329,10 +325,7 @@ def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path, tok_di
         with server.lock:
             server.hold_after = None
         server.release()
-        done = subprocess.run(
-            _featurize_cmd(config_path), env=_env(), capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        done = run(_featurize_cmd(config_path), env=_env(), timeout=300)
         assert SECRET not in done.stdout + done.stderr
         assert rows_of(run_dir / "featurized.parquet") == reference
         # nothing answered twice, nothing missing: exactly the reference run's calls
@@ -350,19 +343,14 @@ def test_kill_at_an_arbitrary_moment_gives_the_same_output(tmp_path: Path, tok_d
         config_path.write_text(
             yaml.safe_dump(server_config(server.url, run_dir, tok_dir, **{"featurize.input": pool}))
         )
-        proc = subprocess.Popen(
-            _featurize_cmd(config_path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.time() + 120
-        while server.total_answered() < total // 3 and time.time() < deadline:
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        with started(_featurize_cmd(config_path), env=_env()) as proc:
+            deadline = time.time() + 120
+            while server.total_answered() < total // 3 and time.time() < deadline:
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
         assert proc.returncode == -signal.SIGKILL and not (run_dir / "featurized.parquet").exists()
-        done = subprocess.run(
-            _featurize_cmd(config_path), env=_env(), capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        run(_featurize_cmd(config_path), env=_env(), timeout=300)
         assert rows_of(run_dir / "featurized.parquet") == reference
         # at most the requests in flight at the kill (4 per endpoint) were answered twice
         duplicates = sum(c - 1 for c in server.answered.values())
