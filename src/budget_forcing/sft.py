@@ -426,22 +426,24 @@ def main(script_args: ScriptArguments, training_args, model_args) -> None:
 
 
 def teardown(trainer) -> None:
-    """Finish every rank's collectives, then free the wrapped model, then destroy the process group.
+    """Finish every rank's collectives, free the wrapped model, then destroy the process group.
 
-    Freeing a DDP model frees its gradient reducer, which holds the process group. If that is the last
-    reference (after ``destroy_process_group``), the group's destructor joins its worker threads while
-    the caller holds the GIL; a gloo worker still releasing the tensors of a just-finished all-gather
-    (the per-step loss / token-count gathers) needs the GIL for that, and both wait forever. Here the
-    barrier lets every rank's workers finish (its wait releases the GIL) while the slowest rank saves,
-    and the group is destroyed at one defined point, after everything that holds it is gone.
+    The group's destructor joins its gloo worker threads while holding the GIL, and a worker that
+    is still releasing the tensors of a just-finished all-gather (the loss and token-count gathers
+    of the last step) needs the GIL to do so: if the last reference to the group goes while that
+    is pending, the process hangs at exit. Left to itself that reference is the DDP reducer's, freed
+    with ``main()``'s locals right after the last gather on the ranks that do not save. Here every
+    rank waits at a barrier (without the GIL, while rank 0 saves), frees the wrapped model, optimizer
+    and scheduler, waits once more, and only then destroys the group, whose workers are idle.
     """
     import gc
 
     accelerator = trainer.accelerator
-    accelerator.wait_for_everyone()  # every rank is past its last collective (logging, saving)
+    accelerator.wait_for_everyone()  # every rank is past its last collective; workers finish meanwhile
     accelerator.free_memory()  # drop the prepared (DDP) model, optimizer, scheduler and dataloaders
     trainer.model_wrapped, trainer.optimizer, trainer.lr_scheduler = trainer.model, None, None
     gc.collect()  # the reducer and its reference to the group go now, not at interpreter exit
+    accelerator.wait_for_everyone()  # a worker still freeing an old result holds the queue: let it finish
     accelerator.end_training()  # finish the trackers, destroy the group: its workers are joined here
 
 
