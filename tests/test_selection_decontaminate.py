@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from procs import run
 from selection_helpers import REPO, rows_of, write_eval_sets, write_jsonl
 
 from budget_forcing.selection.config import DecontaminateConfig
@@ -142,7 +143,6 @@ def test_eval_file_without_text_column_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_cli_decontaminate(tmp_path: Path, pool) -> None:
-    import subprocess
     import sys
 
     small = make_pool(300, seed=4)
@@ -157,8 +157,7 @@ def test_cli_decontaminate(tmp_path: Path, pool) -> None:
         "--decontaminate.eval_files", "[]",
         "--eval_files", *eval_files,
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run(cmd, timeout=120)
     report = json.loads((tmp_path / "out/reports/decontaminate.json").read_text())
     planted = sum(len(small.truth[k]) for k in ("contaminated", "duplicate_exact", "duplicate_cross_source"))
     assert report["rows_out"] == 300 - planted and "[decontaminate] 300 rows in" in done.stdout

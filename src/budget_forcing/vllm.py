@@ -1,0 +1,519 @@
+"""Budget forcing in vLLM: one logits processor for both of vLLM's model runners.
+
+``BudgetForcing`` runs the same per-row state machine as the Hugging Face processor
+(`budget_forcing.core`), vectorised over vLLM's persistent batch. It implements both of vLLM's
+logits-processor interfaces, so one qualified name works everywhere:
+
+* the V1 interface (``vllm.v1.sample.logits_processor``: ``update_state(BatchUpdate)`` +
+  ``apply(logits)``), used by the V1 model runner (CPU builds, and GPUs with the V1 runner);
+* the V2 interface (``vllm.v1.worker.gpu.sample.logits_processor``: ``add_request`` +
+  ``apply(logits, ctx)``), used by the V2 model runner that GPUs run by default.
+
+Each request opts in through ``SamplingParams.extra_args`` (over HTTP: ``vllm_xargs``) with any of
+``min``, ``max``, ``num_waits``, ``wait``, ``answer_prefix``, ``max_answer_tokens``, ``format``;
+requests without them run untouched. Invalid settings fail the request (HTTP 400 on a server).
+
+Example:
+    >>> from vllm import LLM, SamplingParams  # doctest: +SKIP
+    >>> llm = LLM("simplescaling/s1.1-32B", logits_processors=[BudgetForcing])  # doctest: +SKIP
+    >>> params = SamplingParams(max_tokens=6000, extra_args={"max": 4000, "num_waits": 1})  # doctest: +SKIP
+    >>> out = llm.generate(prompts, params)  # doctest: +SKIP
+
+From the command line: ``vllm serve MODEL --logits-processors budget_forcing.vllm:BudgetForcing``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from budget_forcing import core
+from budget_forcing._extras import require
+from budget_forcing.formats import FORMATS, get_format
+from budget_forcing.readout import read_stats, replay
+
+require("vllm", "vllm", "Budget forcing in vLLM")
+
+from vllm.v1.sample.logits_processor import (  # noqa: E402
+    BatchUpdate,
+    MoveDirectionality,
+)
+from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor  # noqa: E402
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext  # noqa: E402
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor  # noqa: E402
+
+__all__ = ["BudgetForcing", "Settings", "settings_from_params", "request_stats", "greedy_generate"]
+
+logger = logging.getLogger(__name__)
+
+_SAMPLING_EPS = 1e-5  # vLLM's own threshold: a lower temperature is greedy decoding
+_PENALTIES = (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0))
+
+
+# ------------------------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class Settings:
+    """One request's budget-forcing settings (the keys of ``SamplingParams.extra_args``).
+
+    Same meaning as the arguments of `budget_forcing.BudgetForcing`; ``wait`` may be ``None`` or
+    ``""`` (only suppress attempts to end).
+    """
+
+    min: int = 0
+    max: int | None = None
+    num_waits: int = 0
+    wait: str | None = "Wait"
+    answer_prefix: str | None = "Final Answer:"
+    max_answer_tokens: int | None = None
+    format: str = "auto"
+
+    @property
+    def strings(self) -> tuple:
+        """What the forced token sequences depend on (requests sharing it share their tables)."""
+        return (self.format, self.wait or None, self.answer_prefix or None)
+
+
+_KEYS = tuple(f.name for f in fields(Settings))
+
+
+def settings_from_params(params) -> Settings | None:
+    """The request's settings from ``params.extra_args``, validated; None when it does not opt in.
+
+    Raises ValueError naming the fix for a bad value (vLLM turns it into HTTP 400).
+    """
+    extra = params.extra_args or {}
+    given = {k: extra[k] for k in _KEYS if k in extra}
+    if not given:
+        return None
+    for key in ("min", "num_waits"):
+        if key in given and (not isinstance(given[key], int) or isinstance(given[key], bool)):
+            raise ValueError(f"extra_args[{key!r}] must be a non-negative int, got {given[key]!r}.")
+    for key in ("max", "max_answer_tokens"):
+        value = given.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"extra_args[{key!r}] must be a non-negative int or null, got {value!r}.")
+    for key in ("wait", "answer_prefix"):
+        if given.get(key) is not None and not isinstance(given[key], str):
+            raise ValueError(f"extra_args[{key!r}] must be a string or null, got {given[key]!r}.")
+    if given.get("format", "auto") not in ("auto", *FORMATS):
+        raise ValueError(
+            f"extra_args['format'] must be one of {['auto', *FORMATS]}, got {given['format']!r}."
+        )
+    settings = Settings(**given)
+    core.check_budgets(settings.min, settings.max)
+    core.check_settings(settings.num_waits, settings.max_answer_tokens)
+    for name, default in _PENALTIES:
+        if getattr(params, name, default) != default:
+            raise ValueError(
+                f"{name} is not supported with budget forcing (thinking tokens are chosen before vLLM "
+                f"applies penalties); drop {name} or the budget-forcing extra_args."
+            )
+    return settings
+
+
+# ------------------------------------------------------------------------------------ the rows
+class _Rows:
+    """Budget-forcing state for every request slot of an engine, kept in tensors on its device.
+
+    The committed state is what each slot's request is in after its last appended token. Each
+    step proposes the next state; the adapter commits a slot's proposal only when the engine
+    really appended a token for it (a chunked-prefill step samples and throws the token away).
+    """
+
+    def __init__(self, tokenizer, vocab_size: int, slots: int, device, seed: int | None) -> None:
+        self.tokenizer, self.vocab, self.slots = tokenizer, vocab_size, slots
+        self.device = torch.device(device)
+        self.ends_newline, self.is_space = core.vocab_flags(tokenizer, vocab_size, self.device)
+        self.groups: list[tuple[core.Sequences, core.Tables]] = []
+        self._group_of: dict[tuple, int] = {}
+        self.state: core.State | None = None
+        self.proposed: core.State | None = None
+        zeros = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.slot = {  # per-slot engine facts, moved along with the state
+            "on": torch.zeros(slots, dtype=torch.bool, device=self.device),
+            "sampling": torch.zeros(slots, dtype=torch.bool, device=self.device),
+            "group": zeros.clone(),
+            "last": zeros.clone(),  # the slot's last token (prompt or output)
+            "token": zeros.clone(),  # the token proposed at the last step
+            "temperature": torch.ones(slots, device=self.device),
+            "top_k": torch.full((slots,), vocab_size, dtype=torch.long, device=self.device),
+            "top_p": torch.ones(slots, device=self.device),
+            "min_p": torch.zeros(slots, device=self.device),
+        }
+        # Host mirrors for decisions that must not wait for the device.
+        self.host = {
+            "on": np.zeros(slots, bool),
+            "sampling": np.zeros(slots, bool),
+            "group": np.zeros(slots, int),
+        }
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(0 if seed is None else seed)
+
+    # -------------------------------------------------------------------------- batch changes
+    def tables(self, settings: Settings) -> int:
+        """The index of the group (forced sequences + tables) for these settings' strings."""
+        key = settings.strings
+        if key not in self._group_of:
+            fmt = get_format(settings.format, self.tokenizer)
+            seqs = core.encode_sequences(
+                self.tokenizer, fmt, settings.wait or None, settings.answer_prefix or None
+            )
+            t = core.build_tables(seqs, self.vocab, self.ends_newline, self.is_space, self.device)
+            self._group_of[key] = len(self.groups)
+            self.groups.append((seqs, t))
+        return self._group_of[key]
+
+    def add(self, slot: int, settings: Settings | None, params, prompt: Sequence[int], output: Sequence[int]):
+        """Start (or resume, with the ``output`` generated before a preemption) a request in ``slot``."""
+        self.remove(slot)
+        if settings is None:
+            return
+        try:
+            group = self.tables(settings)
+        except ValueError as err:  # e.g. a wait string this tokenizer cannot encode
+            logger.error("Budget forcing is off for a request: %s", err)
+            return
+        t = self.groups[group][1]
+        limits = (settings.min, settings.max, settings.num_waits, settings.max_answer_tokens)
+        output = [i for i in output if i >= 0]
+        row = replay(t, [list(prompt)], [output], *limits)
+        if self.state is None:
+            self.state = {k: v.new_zeros((self.slots,)) for k, v in row.items()}
+            self.proposed = {k: v.clone() for k, v in self.state.items()}
+        for k, v in row.items():
+            self.state[k][slot] = v[0]
+            self.proposed[k][slot] = v[0]
+        history = list(prompt) + output
+        temperature = float(params.temperature)
+        sampling = temperature >= _SAMPLING_EPS
+        top_k = params.top_k if params.top_k and params.top_k > 0 else self.vocab
+        values = {
+            "on": True,
+            "sampling": sampling,
+            "group": group,
+            "last": history[-1] if history else 0,
+            "token": history[-1] if history else 0,
+            "temperature": temperature if sampling else 1.0,
+            "top_k": min(top_k, self.vocab),
+            "top_p": float(params.top_p),
+            "min_p": float(params.min_p),
+        }
+        for k, v in values.items():
+            self.slot[k][slot] = v
+        self.host["on"][slot], self.host["sampling"][slot], self.host["group"][slot] = True, sampling, group
+
+    def remove(self, slot: int) -> None:
+        self.slot["on"][slot] = False
+        self.host["on"][slot] = False
+
+    def move(self, a: int, b: int, swap: bool) -> None:
+        """Move slot ``a`` to ``b`` (``swap``: exchange them)."""
+        for table in (self.state, self.proposed, self.slot, self.host):
+            if table is None:
+                continue
+            for v in table.values():
+                if swap:
+                    v[[a, b]] = v[[b, a]]
+                else:
+                    v[b] = v[a]
+        if not swap:
+            self.remove(a)
+
+    # ------------------------------------------------------------------------------- each step
+    def commit(
+        self, slots: torch.Tensor, slots_np: np.ndarray, appended: torch.Tensor, last: torch.Tensor
+    ) -> None:
+        """Slots whose request got ``last`` appended take their proposed state and absorb it."""
+        if self.state is None:
+            return
+        grew = appended & self.slot["on"][slots]
+        last = torch.where(last >= 0, last, self.slot["token"][slots]).clamp(0, self.vocab - 1)
+        merged = {k: torch.where(grew, self.proposed[k][slots], v[slots]) for k, v in self.state.items()}
+        absorbed = self._by_group(slots, lambda t: core.absorb(merged, t, last), slots_np)
+        for k, v in self.state.items():
+            v[slots] = torch.where(grew, absorbed[k], merged[k])
+        self.slot["last"][slots] = torch.where(grew, last, self.slot["last"][slots])
+
+    def step(self, logits: torch.Tensor, slots: torch.Tensor, slots_np: np.ndarray) -> torch.Tensor:
+        """Propose every row's next state and force its token into ``logits`` (row i is ``slots[i]``)."""
+        on_np = self.host["on"][slots_np]
+        if self.state is None or not on_np.any():
+            return logits
+        sampling = bool(self.host["sampling"][slots_np][on_np].any())
+        s = {k: v[slots] for k, v in self.state.items()}
+        choice = self._choose(logits, slots, sampling)
+        last = self.slot["last"][slots]
+
+        def advance(t):
+            alternative = None
+            if int(t["seq_len"][core.SEQ_WAIT]) == 0:  # wait=None: take the best non-attempt token
+                alternative = self._choose(
+                    logits.masked_fill(t["is_attempt"], float("-inf")), slots, sampling
+                )
+            new, token, forced = core.advance(s, t, choice, last, alternative)
+            return {**new, "_token": token, "_forced": forced}
+
+        out = self._by_group(slots, advance, slots_np)
+        token, forced = out.pop("_token"), out.pop("_forced") & self.slot["on"][slots]
+        for k, v in self.proposed.items():
+            v[slots] = out[k]
+        self.slot["token"][slots] = token
+        # Force: greedy rows only need the token on top; sampled rows need every other token out.
+        kept = logits.gather(1, token[:, None])
+        if not sampling:
+            return logits.scatter_(1, token[:, None], torch.where(forced[:, None], float("inf"), kept))
+        logits.masked_fill_(forced[:, None], float("-inf"))
+        return logits.scatter_(1, token[:, None], torch.where(forced[:, None], 0.0, kept))
+
+    def _by_group(self, slots: torch.Tensor, fn, slots_np: np.ndarray) -> dict:
+        """``fn(tables)`` for each settings group among ``slots``, merged row by row."""
+        present = np.unique(self.host["group"][slots_np][self.host["on"][slots_np]])
+        if len(present) <= 1:
+            return fn(self.groups[int(present[0]) if len(present) else 0][1])
+        group = self.slot["group"][slots]
+        merged = None
+        for g in present:
+            out = fn(self.groups[int(g)][1])
+            if merged is None:
+                merged = out
+            else:
+                mine = group == int(g)
+                merged = {k: torch.where(mine, out[k], merged[k]) for k in merged}
+        return merged
+
+    def _choose(self, logits: torch.Tensor, slots: torch.Tensor, sampling: bool) -> torch.Tensor:
+        """What each row would emit: the argmax, or a draw from vLLM's final distribution."""
+        greedy = logits.argmax(-1)
+        if not sampling:
+            return greedy
+        # The distribution vLLM's sampler draws from: temperature, min_p, top-k, top-p.
+        x = logits.float() / self.slot["temperature"][slots, None]
+        probs = torch.softmax(x, -1)
+        x = x.masked_fill(
+            probs < self.slot["min_p"][slots, None] * probs.amax(-1, keepdim=True), float("-inf")
+        )
+        sorted_x, order = x.sort(-1, descending=True)
+        rank = torch.arange(x.shape[-1], device=x.device)
+        drop = rank >= self.slot["top_k"][slots, None]
+        sorted_p = torch.softmax(sorted_x, -1)
+        drop |= (sorted_p.cumsum(-1) - sorted_p) >= self.slot["top_p"][slots, None]  # keep the top token
+        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
+        # Exponential race = one categorical draw per row (as vLLM samples), from our generator.
+        noise = torch.empty_like(x).exponential_(generator=self.generator)
+        sampled = (torch.softmax(x, -1) / noise).argmax(-1)
+        return torch.where(self.slot["sampling"][slots], sampled, greedy)
+
+
+def _tokenizer(vllm_config):
+    from transformers import AutoTokenizer
+
+    mc = vllm_config.model_config
+    return AutoTokenizer.from_pretrained(
+        mc.tokenizer, revision=mc.tokenizer_revision, trust_remote_code=mc.trust_remote_code
+    )
+
+
+# --------------------------------------------------------------------------------- the processor
+class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
+    """Budget forcing as a vLLM logits processor (V1 and V2 model runners).
+
+    Pass the class itself: ``LLM(model, logits_processors=[BudgetForcing])`` or
+    ``vllm serve MODEL --logits-processors budget_forcing.vllm:BudgetForcing``; each request opts
+    in with ``SamplingParams(extra_args={"max": 4000, "num_waits": 1, ...})`` (see `Settings`).
+    Delimiters, the wait string and the answer prefix are encoded once per distinct setting from
+    the model's tokenizer (the engine config names it). Greedy decoding and sampling (temperature,
+    top-k, top-p, min-p; the processor draws thinking tokens itself, from its own generator seeded
+    with the engine's seed) both work; penalties and speculative decoding are rejected.
+
+    Example:
+        >>> from vllm import LLM, SamplingParams  # doctest: +SKIP
+        >>> llm = LLM("Qwen/Qwen3-8B", logits_processors=[BudgetForcing])  # doctest: +SKIP
+        >>> llm.generate(["..."], SamplingParams(max_tokens=2048, extra_args={"max": 1024}))  # doctest: +SKIP
+    """
+
+    def __init__(self, vllm_config, *args) -> None:
+        if getattr(vllm_config, "speculative_config", None):
+            raise ValueError(
+                "Budget forcing does not support speculative decoding (a draft token could skip a forced "
+                "token); remove --speculative-config."
+            )
+        if len(args) == 2:  # V1: (device, is_pin_memory)
+            device, self._req_states = args[0], None
+            slots = vllm_config.scheduler_config.max_num_seqs
+            vocab = vllm_config.model_config.get_vocab_size()
+        else:  # V2: (req_states)
+            (self._req_states,) = args
+            device, slots, vocab = (
+                self._req_states.device,
+                self._req_states.max_num_reqs,
+                self._req_states.vocab_size,
+            )
+            self._seen = torch.zeros(slots, dtype=torch.long, device=device)
+            self._pending: list[tuple[int, Settings, Any]] = []
+        self._rows = _Rows(_tokenizer(vllm_config), vocab, slots, device, vllm_config.model_config.seed)
+        self._outputs: list[list[int] | None] = [None] * slots  # V1: each slot's live output list
+        self._lengths = np.zeros(slots, dtype=np.int64)  # V1: output length at the last step
+
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        settings_from_params(sampling_params)
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    # ---------------------------------------------------------------------------- V1 interface
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        rows = self._rows
+        for slot in batch_update.removed:
+            rows.remove(slot)
+            self._outputs[slot] = None
+        for slot, params, prompt, output in batch_update.added:
+            settings = settings_from_params(params)
+            rows.add(slot, settings, params, prompt or [], output)
+            self._outputs[slot] = output if rows.host["on"][slot] else None
+            self._lengths[slot] = len(output)
+        for a, b, direction in batch_update.moved:
+            swap = direction == MoveDirectionality.SWAP
+            rows.move(a, b, swap)
+            if swap:
+                self._outputs[a], self._outputs[b] = self._outputs[b], self._outputs[a]
+                self._lengths[[a, b]] = self._lengths[[b, a]]
+            else:
+                self._outputs[b], self._lengths[b], self._outputs[a] = (
+                    self._outputs[a],
+                    self._lengths[a],
+                    None,
+                )
+
+    def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
+        n = logits.shape[0]
+        slots_np = np.arange(n)
+        if not self._rows.host["on"][:n].any():
+            return logits
+        # Which requests got a token since the last step (chunked prefill samples without keeping).
+        outs = self._outputs[:n]
+        lengths = np.array([len(o) if o is not None else 0 for o in outs], dtype=np.int64)
+        appended = lengths > self._lengths[:n]
+        last = [o[-1] if g else -1 for o, g in zip(outs, appended)]
+        self._lengths[:n] = lengths
+        slots = torch.arange(n, device=logits.device)
+        device = logits.device
+        self._rows.commit(
+            slots, slots_np, torch.as_tensor(appended, device=device), torch.tensor(last, device=device)
+        )
+        return self._rows.step(logits, slots, slots_np)
+
+    # ---------------------------------------------------------------------------- V2 interface
+    def add_request(self, req_idx: int, sampling_params) -> bool:
+        self._rows.remove(req_idx)
+        settings = settings_from_params(sampling_params)
+        if settings is None:
+            return False
+        self._pending.append((req_idx, settings, sampling_params))
+        return True
+
+    def apply_staged_writes(self) -> None:
+        # The model runner has flushed the request's tokens to the device: read its prompt (and
+        # what it generated before a preemption) once.
+        rs = self._req_states
+        for slot, settings, params in self._pending:
+            prompt_len, prefill_len = int(rs.prompt_len.np[slot]), int(rs.prefill_len.np[slot])
+            ids = rs.all_token_ids.gpu[slot, :prefill_len].tolist()
+            self._rows.add(slot, settings, params, ids[:prompt_len], ids[prompt_len:])
+            self._seen[slot] = prefill_len
+        self._pending.clear()
+
+    def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        if logits.shape[0] != ctx.idx_mapping.shape[0]:
+            raise ValueError(
+                "Budget forcing does not support speculative decoding (several rows per request)."
+            )
+        slots, slots_np = ctx.expanded_idx_mapping.long(), np.asarray(ctx.idx_mapping_np)
+        if not self._rows.host["on"][slots_np].any():
+            return logits
+        rs = self._req_states
+        total = rs.total_len.gpu[slots].long()
+        appended = total > self._seen[slots]
+        last = rs.all_token_ids.gpu[slots, (total - 1).clamp(min=0)].long()
+        self._seen[slots] = total
+        self._rows.commit(slots, slots_np, appended, last)
+        return self._rows.step(logits, slots, slots_np)
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
+        return self._apply_v1(logits) if ctx is None else self._apply_v2(logits, ctx)
+
+
+# ----------------------------------------------------------------------------------- statistics
+def request_stats(tokenizer, outputs, settings: Settings | Sequence[Settings]) -> core.BudgetStats:
+    """Per-row statistics of vLLM ``RequestOutput``s (one row per completion), read off their ids.
+
+    ``settings``: what the requests ran with (one for all, or one per request).
+    """
+    rows = [(o.prompt_token_ids, c.token_ids, i) for i, o in enumerate(outputs) for c in o.outputs]
+    per_request = [settings] * len(outputs) if isinstance(settings, Settings) else list(settings)
+    stats = None
+    for key in dict.fromkeys(s.strings for s in per_request):
+        picked = [r for r in rows if per_request[r[2]].strings == key]
+        one = per_request[picked[0][2]]
+        fmt = get_format(one.format, tokenizer)
+        seqs = core.encode_sequences(tokenizer, fmt, one.wait or None, one.answer_prefix or None)
+        ends_newline, is_space = core.vocab_flags(tokenizer, len(tokenizer))
+        t = core.build_tables(seqs, len(tokenizer), ends_newline, is_space)
+        got = read_stats(
+            t,
+            [list(r[0]) for r in picked],
+            [list(r[1]) for r in picked],
+            min=[per_request[r[2]].min for r in picked],
+            max=[per_request[r[2]].max for r in picked],
+            num_waits=[per_request[r[2]].num_waits for r in picked],
+            max_answer=[per_request[r[2]].max_answer_tokens for r in picked],
+        )
+        stats = _merge(stats, got, [rows.index(r) for r in picked], len(rows))
+    return stats
+
+
+def _merge(into, part: core.BudgetStats, where: list[int], total: int) -> core.BudgetStats:
+    if into is None:
+        into = core.BudgetStats([0] * total, [0] * total, [0] * total, [0] * total, [False] * total)
+    for name in ("thinking_tokens", "answer_tokens", "waits", "ignored", "forced_end"):
+        for i, v in zip(where, getattr(part, name)):
+            getattr(into, name)[i] = v
+    return into
+
+
+# --------------------------------------------------------------------------- s1's loop on vLLM
+def greedy_generate(llm, extra_args: dict | None = None):
+    """A greedy ``generate(prompts, max_tokens, stop_token_ids, min_tokens)`` callable on a vLLM ``LLM``.
+
+    It is what `budget_forcing.reference` drives to run s1's multi-call procedure on vLLM: each call
+    returns, per prompt, the generated ids without the stop token and whether a stop id ended it.
+    ``extra_args`` go to every request (e.g. for other logits processors of the engine).
+    """
+    from vllm import SamplingParams, TokensPrompt
+
+    def generate(prompts: list[list[int]], max_tokens: int, stop_token_ids: list[int], min_tokens: int = 0):
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            stop_token_ids=list(stop_token_ids),
+            ignore_eos=True,  # stop on exactly the given ids, as the loop asks
+            detokenize=False,
+            extra_args=extra_args,
+        )
+        outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        rows = []
+        for out in outs:
+            ids = list(out.outputs[0].token_ids)
+            stopped = bool(ids) and ids[-1] in stop_token_ids and out.outputs[0].finish_reason == "stop"
+            rows.append((ids[:-1] if stopped else ids, stopped))
+        return rows
+
+    return generate
