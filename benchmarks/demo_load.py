@@ -14,7 +14,7 @@ about in proportion to the cores it loses (up to ~2x), never the 50x that spinni
 Other programs running at the same time move every figure: compare the ratios of one run.
 
 Usage:
-    python -m benchmarks.demo_load                 # 60 steps per setting, about 2 minutes on 2 cores
+    python -m benchmarks.demo_load                 # 60 steps per setting
     python -m benchmarks.demo_load --steps 30 --competitors 2
 """
 
