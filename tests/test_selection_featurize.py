@@ -356,3 +356,20 @@ def test_kill_at_an_arbitrary_moment_gives_the_same_output(tmp_path: Path, tok_d
         duplicates = sum(c - 1 for c in server.answered.values())
         assert duplicates <= 4
         assert len(server.answered) == total
+
+
+def test_empty_or_missing_solutions_are_never_sent_to_the_judge(tmp_path: Path, tok_dir: Path) -> None:
+    rows = _pool(tmp_path, 12)
+    proofs = [i for i, r in enumerate(rows) if "\\boxed" not in r["solution"]][:2]
+    empty, missing = (proofs + [0, 1])[:2]
+    rows[empty]["solution"], rows[missing]["solution"] = "   ", None
+    write_jsonl(tmp_path / "pool.jsonl", rows)
+    with FakeChatServer() as server:
+        config = _config(server, tmp_path, tok_dir)
+        assert config.featurize.judge is not None  # a judge is configured
+        out = rows_of(run_featurize(config).output)
+    for i in (empty, missing):  # a judge verdict or a failed judge call would show here
+        assert out[i]["correct_base_a"] is None and out[i]["teacher_correct"] is None
+        errors = " ".join(out[i]["feature_errors"])
+        assert "no reference solution (empty or missing)" in errors and "no judge configured" not in errors
+    assert all(out[i]["correct_base_a"] is not None for i in range(len(rows)) if i not in (empty, missing))
