@@ -14,8 +14,8 @@ about in proportion to the cores it loses (up to ~2x), never the 50x that spinni
 Other programs running at the same time move every figure: compare the ratios of one run.
 
 Usage:
-    python benchmarks/demo_load.py                 # 60 steps per setting, about 2 minutes on 2 cores
-    python benchmarks/demo_load.py --steps 30 --competitors 2
+    python -m benchmarks.demo_load                 # 60 steps per setting
+    python -m benchmarks.demo_load --steps 30 --competitors 2
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "src"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+ROOT = Path(__file__).resolve().parents[1]  # run as `python -m benchmarks.demo_load` from here
 
 
 def _competitor() -> subprocess.Popen:

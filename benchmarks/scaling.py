@@ -206,10 +206,10 @@ class Runner:
         self._task_manager = TaskManager(include_path=paths)
 
     def max_gen_toks(self, thinking_max: int | None) -> int:
-        from budget_forcing import BudgetForcing
+        from budget_forcing import end_overhead
 
         self._setup()
-        overhead = BudgetForcing(self._lm.tokenizer, format=self._lm.thinking_format).end_overhead
+        overhead = end_overhead(self._lm.tokenizer, format=self._lm.thinking_format)
         return (
             (self.config.cap if thinking_max is None else thinking_max) + overhead + self.config.answer_tokens
         )

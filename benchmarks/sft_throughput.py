@@ -1,6 +1,6 @@
 """SFT throughput of a recipe: tokens/s and model FLOPs utilisation (MFU).
 
-Runs the recipe's real training step (``recipes/sft.py``: TRL ``SFTTrainer``, the recipe's optimizer,
+Runs the recipe's real training step (``recipes/sft.py`` = `budget_forcing.sft`: TRL ``SFTTrainer``, the recipe's optimizer,
 precision and checkpointing) on synthetic s1-format examples of ``--seq_len`` tokens, times
 ``--steps`` optimizer steps after ``--warmup`` untimed ones, and prints
 
@@ -28,12 +28,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -67,14 +65,6 @@ ARCHS: dict[str, dict] = {
     "qwen2.5-32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
                         num_key_value_heads=8, tie_word_embeddings=False, vocab_size=152064),
 }  # fmt: skip
-
-
-def load_sft():
-    spec = importlib.util.spec_from_file_location("recipes_sft", ROOT / "recipes/sft.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipes_sft"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def peak_tflops(override: float | None) -> tuple[float | None, str]:
@@ -156,8 +146,9 @@ def main() -> None:
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1 (the first step includes allocation and compilation)")
 
-    sft = load_sft()
     from transformers import TrainerCallback
+
+    from budget_forcing import sft
 
     workdir = Path(tempfile.mkdtemp(prefix="sft-bench-"))
     cli = ["--config", args.config, "--output_dir", str(workdir / "out"), "--max_length", str(args.seq_len)]

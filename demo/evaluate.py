@@ -195,7 +195,9 @@ def _label_points(
             dx, dy = -offset[0], -offset[1]
         else:
             dx, dy = offset
-        side = dy if 12 <= y <= 90 else (abs(dy) if y < 12 else -abs(dy))
+        # Near the x axis or the top: all on the free side, a second series and every other label higher.
+        edge = abs(offset[1]) + (12 if alternate else 0) + (10 if alternate and i % 2 else 0)
+        side = dy if 12 <= y <= 90 else (edge if y < 12 else -edge)
         ax.annotate(
             ", ".join(names),
             (x, y),

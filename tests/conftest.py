@@ -1,4 +1,4 @@
-"""Shared fixtures: everything offline, tiny and deterministic."""
+"""Shared fixtures: everything offline, tiny and deterministic; no process outlives the test run."""
 
 import os
 
@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from procs import no_process_left_behind  # noqa: E402, F401  (session-end check, autouse)
 
 from budget_forcing.testing import tiny_model, tiny_tokenizer  # noqa: E402
 

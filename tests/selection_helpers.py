@@ -189,7 +189,6 @@ def server_config(url: str, output_dir: Path, tokenizer_dir: Path, **extra: Any)
             "base_url": url,
             "api_key_env": "S1K_TEST_KEY",
             "max_concurrency": 4,
-            "retry_base_seconds": 0.01,
             "max_retries": 3,
             "timeout_seconds": 30,
         }

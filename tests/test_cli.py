@@ -7,13 +7,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from procs import run
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from budget_forcing import BudgetForcing
@@ -394,19 +394,15 @@ def test_console_script_in_a_subprocess(model_dir):
     command = [str(script)] if script.exists() else [sys.executable, "-m", "budget_forcing.cli"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     args = ["generate", str(model_dir), "--format", "think", "--max", "5", "--max-new-tokens", "12", "--json"]
-    done = subprocess.run(
-        command + args + ["-q", QUESTIONS[0]], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
+    done = run(command + args + ["-q", QUESTIONS[0]], env=env, timeout=300)
     row = json.loads(done.stdout)
     stats, texts, _, _ = reference(model_dir, QUESTIONS[:1], max_new_tokens=12, format="think", max=5)
     assert row["text"] == texts[0] and row["thinking_tokens"] == stats.thinking_tokens[0] == 5
-    bad = subprocess.run(
+    bad = run(
         command + ["generate", str(model_dir), "--min", "5", "--max", "2", "-q", "x"],
-        capture_output=True,
-        text=True,
         env=env,
         timeout=300,
+        check=False,
     )
     assert bad.returncode == 2 and "--min (5) is larger than --max (2)" in bad.stderr
 
@@ -468,24 +464,25 @@ def test_eval_hands_the_rest_of_the_command_line_to_lm_eval(capsys, monkeypatch)
     assert code == 2 and "pip install 'budget-forcing[eval]'" in err
 
 
-def test_recipe_pass_throughs(capsys, monkeypatch, tmp_path):
+def test_sft_launches_the_packaged_recipe_from_any_directory(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(cli_module.subprocess, "call", lambda command: calls.append(command) or 0)
-    (tmp_path / "recipes").mkdir()
-    (tmp_path / "recipes" / "sft.py").write_text("")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # no clone here
     assert main(["sft", "--config_file", "cpu.yaml", "--", "--config", "tiny.yaml"]) == 0
-    assert calls[-1][-5:] == [
+    assert calls[-1][-6:] == [
         "--config_file",
         "cpu.yaml",
-        str(tmp_path / "recipes" / "sft.py"),
+        "-m",
+        "budget_forcing.sft",
         "--config",
         "tiny.yaml",
     ]
-    monkeypatch.setattr(cli_module, "_REPO_ROOT", tmp_path / "nowhere")
-    monkeypatch.chdir(tmp_path / "recipes")
-    code, _, err = run_cli(capsys, ["sft", "--config", "x.yaml"])
-    assert code == 2 and "recipes/sft.py not found" in err and len(calls) == 1
+
+
+def test_select_runs_in_process(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["select", "synth", "--rows", "40", "--output", "pool/pool.jsonl"]) == 0
+    assert len((tmp_path / "pool" / "pool.jsonl").read_text().splitlines()) == 40
 
 
 # ------------------------------------------------------------------------------------------ the docs

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from procs import run
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("math_verify")
@@ -211,8 +211,7 @@ def test_console_script_runs_lm_eval_end_to_end(tok, tmp_path) -> None:
     }
     env["OMP_NUM_THREADS"] = "1"  # 2 shared CPU cores: no thread oversubscription
     env.pop("BUDGET_FORCING_SIDECAR_DIR", None)
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run(cmd, env=env, cwd=tmp_path, timeout=600)
     assert "aime24_bf_sample" in proc.stdout and "math500_bf" in proc.stdout
 
     run_dir = next(out.iterdir())
@@ -245,6 +244,16 @@ def test_console_script_runs_lm_eval_end_to_end(tok, tmp_path) -> None:
         question = samples[(row["task"], row["doc_id"])]["doc"]["problem"]
         stats, _ = direct(model, tok, question, 40, min=6, max=16, num_waits=1)
         assert {k: row[k] for k in stats} == stats
+    # The same statistics, summarised per task, in lm-eval's own results file.
+    summary = results["config"]["budget_forcing"]
+    assert summary["settings"]["thinking_max"] == 16 and summary["format"] == "think"
+    for task in ("aime24_bf_sample", "math500_bf"):
+        rows = [r for r in sidecar if r["task"] == task]
+        assert summary["tasks"][task]["generations"] == len(rows) == 3
+        assert summary["tasks"][task]["thinking_tokens_mean"] == round(
+            sum(r["thinking_tokens"] for r in rows) / 3, 3
+        )
+        assert summary["tasks"][task]["forced_end_rate"] == 1.0 and summary["tasks"][task]["waits_mean"] == 1
 
 
 def test_cli_evaluate_sets_sidecar_dir_from_output_path(monkeypatch, tmp_path) -> None:

@@ -122,3 +122,57 @@ def test_suite_timeout_interrupts_a_stuck_test_and_the_child_goes_with_it(tmp_pa
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Timeout" in done.stdout and "1 failed" in done.stdout
     assert all(_dead(pid) for pid in _pids(pids))
+
+
+def test_a_child_that_exits_but_leaves_a_worker_running_fails(tmp_path):
+    """A launcher that returns while a worker it started (in a session of its own) still runs."""
+    pids = tmp_path / "pids"
+    leaver = textwrap.dedent(
+        """
+        import os, subprocess, sys
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10_000)"], start_new_session=True)
+        open(sys.argv[1], "w").write(f"{worker.pid} {os.getpid()}")
+        """
+    )
+    with pytest.raises(pytest.fail.Exception, match="exit code 0, but 1 of its processes kept running"):
+        run([sys.executable, "-c", leaver, str(pids)], timeout=60)
+    assert all(_dead(pid) for pid in _pids(pids))
+
+
+def test_subprocess_is_not_used_directly_by_tests():
+    """Every test starts processes through `procs`, so none escapes the group/deadline/cleanup rules."""
+    offenders = [
+        path.name
+        for path in Path(__file__).parent.glob("*.py")
+        if path.name not in {"procs.py", "test_procs.py"}
+        and any(
+            f"subprocess.{name}(" in path.read_text() for name in ("run", "Popen", "call", "check_output")
+        )
+    ]
+    assert not offenders, f"start processes with tests/procs.py (run / started) instead: {offenders}"
+
+
+def test_a_process_left_running_fails_the_test_run(tmp_path):
+    """The session-end check (tests/conftest.py turns it on) fails a run that leaks a process, and kills it."""
+    pids = tmp_path / "pids"
+    (tmp_path / "conftest.py").write_text("from procs import no_process_left_behind  # noqa: F401\n")
+    (tmp_path / "test_leak.py").write_text(
+        textwrap.dedent(
+            f"""
+            import subprocess, sys
+            def test_leak():
+                leaked = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10_000)"])
+                open({str(pids)!r}, "w").write(f"{{leaked.pid}} {{leaked.pid}}")
+            """
+        )
+    )
+    done = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", tmp_path, tmp_path],
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 passed" in done.stdout and "processes left running by the tests" in done.stdout
+    assert all(_dead(pid) for pid in _pids(pids))

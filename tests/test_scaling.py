@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from procs import run
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("matplotlib")
@@ -166,8 +166,7 @@ def test_cli_with_custom_task_dir_and_local_model(model_dir, task_dir, tmp_path)
         "--batch_size", "3", "--output_dir", str(out),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run(cmd, env=env, timeout=600, cwd=tmp_path)
     assert "| budget_forcing | 100.0% |" in proc.stdout
     results = json.loads((out / "scaling.json").read_text())
     points = results["tasks"]["toy_bf"]["budget_forcing"]["points"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from procs import run
 from selection_helpers import REPO, rows_of, write_eval_sets, write_jsonl
 
 from budget_forcing.selection.config import DecontaminateConfig
@@ -142,7 +143,6 @@ def test_eval_file_without_text_column_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_cli_decontaminate(tmp_path: Path, pool) -> None:
-    import subprocess
     import sys
 
     small = make_pool(300, seed=4)
@@ -157,8 +157,7 @@ def test_cli_decontaminate(tmp_path: Path, pool) -> None:
         "--decontaminate.eval_files", "[]",
         "--eval_files", *eval_files,
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run(cmd, timeout=120)
     report = json.loads((tmp_path / "out/reports/decontaminate.json").read_text())
     planted = sum(len(small.truth[k]) for k in ("contaminated", "duplicate_exact", "duplicate_cross_source"))
     assert report["rows_out"] == 300 - planted and "[decontaminate] 300 rows in" in done.stdout
@@ -180,3 +179,35 @@ def test_eval_sets_from_globs_and_unavailable_hub_ids(tmp_path: Path) -> None:
     assert len(report.warnings) == 1 and "someone/unavailable-set:main@test not found" in report.warnings[0]
     with pytest.raises(FileNotFoundError, match="--eval_files"):
         load_eval_sets([], ["problem"], required=["someone/unavailable-set"])
+
+
+def test_unreadable_pool_lines_are_counted_drops_not_a_crash(tmp_path: Path) -> None:
+    small = make_pool(40, seed=6)
+    write_jsonl(tmp_path / "pool.jsonl", small.rows)
+    good = (tmp_path / "pool.jsonl").read_bytes()
+    bad_lines = [
+        b'{"question": "caf\xe9 au lait?", "solution": "x"}\n',  # Latin-1, not UTF-8
+        b'{"question": "\\ud800 lone surrogate", "solution": "x"}\n',
+        b'{"question": "truncated", "solu\n',
+        b'["not", "an", "object"]\n',
+    ]
+    (tmp_path / "pool.jsonl").write_bytes(bad_lines[0] + good + b"".join(bad_lines[1:]))
+    config = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path / "out"),
+            "pool": str(tmp_path / "pool.jsonl"),
+            "decontaminate.eval_files": [],
+            "decontaminate.require_eval_sets": False,
+        },
+    )
+    report = run_decontaminate(config).report
+    assert report.rows_in == 44 and report.steps[0]["name"] == "read_input"
+    assert report.steps[0]["dropped"] == {
+        "invalid_utf8": 1,
+        "lone_surrogate": 1,
+        "invalid_json": 1,
+        "not_an_object": 1,
+    }
+    assert [d["id"] for d in report.dropped[:4]] == ["line 1", "line 42", "line 43", "line 44"]
+    assert report.rows_out == 40 - sum(s["rows_in"] - s["rows_out"] for s in report.steps[1:])

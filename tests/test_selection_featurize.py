@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from procs import run, started
 from selection_helpers import (
     REPO,
     SECRET,
@@ -156,7 +156,7 @@ def test_failed_calls_become_reported_errors_and_are_not_cached(tmp_path: Path, 
     result = run_featurize(config)
     out = rows_of(result.output)
     assert all(r["attempt_base_a"] is None and r["correct_base_a"] is None for r in out)
-    assert all(any("gave up after 2 tries" in e for e in r["feature_errors"]) for r in out)
+    assert all(any("APIConnectionError" in e for e in r["feature_errors"]) for r in out)
     assert cached_call_count(Path(config.output_dir) / "cache.sqlite") == 0
     assert [r["domain"] for r in out] == [json.loads(r["metadata"])["domain"] for r in rows]
 
@@ -168,7 +168,48 @@ def test_backend_errors_are_clear() -> None:
         ModelConfig(name="x", model="m", base_url="http://127.0.0.1:9/v1", max_retries=0)
     )
     [(index, err)] = list(backend.generate([[{"role": "user", "content": "hi"}]]))
-    assert index == 0 and isinstance(err, BackendError) and "gave up after 1 tries" in str(err)
+    assert index == 0 and isinstance(err, BackendError) and "APIConnectionError" in str(err)
+
+
+def test_a_reply_without_text_is_retried_never_returned_as_an_answer() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    replies = [None, None, "Answer: 4"]  # content null twice, then text
+    calls = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            content = replies[min(len(calls), len(replies) - 1)]
+            calls.append(content)
+            body = json.dumps(
+                {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "finish_reason": "stop",
+                              "message": {"role": "assistant", "content": content}}]}
+            ).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        backend = OpenAIChatBackend(ModelConfig(name="x", model="m", base_url=url, max_retries=2))
+        assert backend.complete([{"role": "user", "content": "2+2?"}]) == "Answer: 4" and len(calls) == 3
+        calls.clear()
+        replies[:] = [None]
+        with pytest.raises(BackendError, match="no text in 3 replies"):
+            backend.complete([{"role": "user", "content": "2+2?"}])
+        assert len(calls) == 3
+    finally:
+        server.shutdown()
 
 
 def test_local_backend_math_verify_only_and_domain_column(tmp_path: Path, model_dir: Path) -> None:
@@ -267,10 +308,7 @@ def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path, tok_di
         config_path.write_text(
             yaml.safe_dump(server_config(server.url, run_dir, tok_dir, **{"featurize.input": pool}))
         )
-        proc = subprocess.Popen(
-            _featurize_cmd(config_path), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
+        with started(_featurize_cmd(config_path), env=_env()) as proc:
             assert server.holding.wait(120), "the featurize run never reached the hold point"
             cache = run_dir / "cache.sqlite"
             deadline = time.time() + 30
@@ -279,7 +317,6 @@ def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path, tok_di
             answered_before_kill = server.total_answered()
             assert cached_call_count(cache) == answered_before_kill  # every answer was committed
             os.kill(proc.pid, signal.SIGKILL)
-        finally:
             proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
         assert not (run_dir / "featurized.parquet").exists()
@@ -288,10 +325,7 @@ def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path, tok_di
         with server.lock:
             server.hold_after = None
         server.release()
-        done = subprocess.run(
-            _featurize_cmd(config_path), env=_env(), capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        done = run(_featurize_cmd(config_path), env=_env(), timeout=300)
         assert SECRET not in done.stdout + done.stderr
         assert rows_of(run_dir / "featurized.parquet") == reference
         # nothing answered twice, nothing missing: exactly the reference run's calls
@@ -309,21 +343,33 @@ def test_kill_at_an_arbitrary_moment_gives_the_same_output(tmp_path: Path, tok_d
         config_path.write_text(
             yaml.safe_dump(server_config(server.url, run_dir, tok_dir, **{"featurize.input": pool}))
         )
-        proc = subprocess.Popen(
-            _featurize_cmd(config_path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.time() + 120
-        while server.total_answered() < total // 3 and time.time() < deadline:
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        with started(_featurize_cmd(config_path), env=_env()) as proc:
+            deadline = time.time() + 120
+            while server.total_answered() < total // 3 and time.time() < deadline:
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
         assert proc.returncode == -signal.SIGKILL and not (run_dir / "featurized.parquet").exists()
-        done = subprocess.run(
-            _featurize_cmd(config_path), env=_env(), capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+        run(_featurize_cmd(config_path), env=_env(), timeout=300)
         assert rows_of(run_dir / "featurized.parquet") == reference
         # at most the requests in flight at the kill (4 per endpoint) were answered twice
         duplicates = sum(c - 1 for c in server.answered.values())
         assert duplicates <= 4
         assert len(server.answered) == total
+
+
+def test_empty_or_missing_solutions_are_never_sent_to_the_judge(tmp_path: Path, tok_dir: Path) -> None:
+    rows = _pool(tmp_path, 12)
+    proofs = [i for i, r in enumerate(rows) if "\\boxed" not in r["solution"]][:2]
+    empty, missing = (proofs + [0, 1])[:2]
+    rows[empty]["solution"], rows[missing]["solution"] = "   ", None
+    write_jsonl(tmp_path / "pool.jsonl", rows)
+    with FakeChatServer() as server:
+        config = _config(server, tmp_path, tok_dir)
+        assert config.featurize.judge is not None  # a judge is configured
+        out = rows_of(run_featurize(config).output)
+    for i in (empty, missing):  # a judge verdict or a failed judge call would show here
+        assert out[i]["correct_base_a"] is None and out[i]["teacher_correct"] is None
+        errors = " ".join(out[i]["feature_errors"])
+        assert "no reference solution (empty or missing)" in errors and "no judge configured" not in errors
+    assert all(out[i]["correct_base_a"] is not None for i in range(len(rows)) if i not in (empty, missing))

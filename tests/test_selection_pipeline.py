@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from procs import run
 from selection_helpers import (
     REPO,
     SECRET,
@@ -145,10 +146,9 @@ def test_all_stages_with_server_and_ablations(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.slow
 def test_cli_all_tiny_recipe_local_model_no_server(tmp_path: Path) -> None:
     """What the CPU demo runs: a tiny local base model, math-verify only, domains from metadata."""
-    import subprocess
     import sys
 
-    done = subprocess.run(
+    run(
         [
             sys.executable,
             str(REPO / "recipes/select_s1k.py"),
@@ -158,11 +158,8 @@ def test_cli_all_tiny_recipe_local_model_no_server(tmp_path: Path) -> None:
             "--output",
             str(tmp_path / "pool.jsonl"),
         ],
-        capture_output=True,
-        text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stderr
     tok = tiny_tokenizer()
     tok.save_pretrained(tmp_path / "model")
     tiny_model(tok).save_pretrained(tmp_path / "model")
@@ -179,14 +176,7 @@ def test_cli_all_tiny_recipe_local_model_no_server(tmp_path: Path) -> None:
         "--featurize.tokenizer", str(tmp_path / "model"),
         "--n", "40",
     ]  # fmt: skip
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run(cmd, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     reports = _check_accounting(tmp_path / "out", 300)
     assert reports["featurize"]["info"]["grading"]["correct_tiny"]["judge"] == 0
     assert len(rows_of(tmp_path / "out/sft.parquet")) == 40

@@ -1,12 +1,10 @@
-"""The SFT recipe's data, label masking and shipped configs (recipes/sft.py, recipes/configs, accelerate configs)."""
+"""The SFT recipe's data, label masking, LoRA, saving and shipped configs (budget_forcing.sft, recipes/configs, accelerate configs)."""
 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -26,18 +24,7 @@ SYSTEM = (
 )
 
 
-def load_sft():
-    """recipes/sft.py as a module (recipes/ is not a package)."""
-    if "recipes_sft" in sys.modules:
-        return sys.modules["recipes_sft"]
-    spec = importlib.util.spec_from_file_location("recipes_sft", ROOT / "recipes/sft.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["recipes_sft"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sft = load_sft()
+from budget_forcing import sft  # noqa: E402  (the code of recipes/sft.py)
 
 
 def chat(question: str, assistant: str) -> list[dict[str, str]]:
@@ -136,7 +123,7 @@ def test_truncation_keeps_the_start_and_counts_rows(tmp_path, model_dir, tokeniz
     data = write_jsonl(
         tmp_path / "train.jsonl", [{"messages": chat("Q?", long)}, {"messages": chat("Q?", "ok")}]
     )
-    with caplog.at_level("INFO", logger="recipes.sft"):
+    with caplog.at_level("INFO", logger="budget_forcing.sft"):
         dataset = make_trainer(model_dir, data, tmp_path / "out", "--max_length", "64").train_dataset
     assert [len(r) for r in dataset["input_ids"]] == [64, len(dataset[1]["input_ids"])]
     assert "1 rows exceed max_length=64" in caplog.text
@@ -216,6 +203,86 @@ def test_config_only_directory_needs_init_from_scratch(tmp_path, tokenizer, mode
         make_trainer(config_dir, data, tmp_path / "out")
     trainer = make_trainer(config_dir, data, tmp_path / "out", "--init_from_scratch", "true")
     assert trainer.model.config.hidden_size == 32 and len(trainer.train_dataset) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LoRA, quantisation flags, remote code, and the saved dtype
+# ----------------------------------------------------------------------------------------------------------
+
+
+def small_run(model_dir: Path, tmp_path: Path, *extra: str):
+    data = write_jsonl(tmp_path / "train.jsonl", [{"messages": chat(q, a)} for q, a in MASKING_CASES])
+    return make_trainer(
+        model_dir, data, tmp_path / "out", "--max_steps", "2", "--disable_tqdm", "true", *extra
+    )
+
+
+def test_lora_trains_only_the_adapters(tmp_path, model_dir):
+    import torch
+
+    pytest.importorskip("peft")
+    trainer = small_run(model_dir, tmp_path, "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8")
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert trainer.model.peft_config["default"].r == 4
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed and changed <= trainable  # the base model's weights did not move
+    out = tmp_path / "saved"
+    sft.save_model(trainer, str(out), "bfloat16")
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    assert saved_dtypes(out / "adapter_model.safetensors") == {torch.bfloat16}
+
+
+def test_quantisation_needs_adapters_and_remote_code_is_forwarded(tmp_path, model_dir, monkeypatch):
+    with pytest.raises(ValueError, match="--use_peft true"):
+        small_run(model_dir, tmp_path, "--load_in_4bit", "true")
+    seen = []
+    real = sft.load_tokenizer
+    monkeypatch.setattr(sft, "load_tokenizer", lambda args, trust: seen.append(trust) or real(args, trust))
+    trainer = small_run(model_dir, tmp_path)
+    assert seen == [False] and trainer.args.model_init_kwargs["trust_remote_code"] is False
+    trainer = small_run(model_dir, tmp_path, "--trust_remote_code", "true")
+    assert seen == [False, True] and trainer.args.model_init_kwargs["trust_remote_code"] is True
+
+
+def saved_dtypes(path: Path) -> set:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {f.get_tensor(name).dtype for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+
+
+def test_the_final_model_is_saved_in_bf16(tmp_path, model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trainer = small_run(model_dir, tmp_path)
+    assert trainer.model.dtype == torch.float32  # trained in fp32, like FSDP2's master weights
+    trainer.train()
+    out = tmp_path / "bf16"
+    sft.save_model(trainer, str(out), "bfloat16")
+    assert saved_dtypes(out / "model.safetensors") == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert reloaded.dtype == torch.bfloat16 and (out / "tokenizer_config.json").is_file()
+    trained = trainer.model.state_dict()
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, trained[name].to(torch.bfloat16)), name
+    sft.save_model(trainer, str(tmp_path / "kept"), None)
+    assert saved_dtypes(tmp_path / "kept" / "model.safetensors") == {torch.float32}
+
+
+def test_fsdp2_recipes_save_bf16():
+    for name in ("s1-32B", "s1.1-32B"):  # bf16 models, trained by FSDP2 as fp32 master weights
+        script_args, _, model_args = parse_recipe(str(ROOT / f"recipes/configs/sft/{name}.yaml"))
+        assert sft.save_dtype(script_args, model_args) == "bfloat16"
+    script_args, _, model_args = parse_recipe(str(ROOT / "recipes/configs/sft/tiny-cpu.yaml"))
+    assert sft.save_dtype(script_args, model_args) == "float32"  # the CPU recipe keeps its dtype
+    for path in ACCELERATE_CONFIGS:
+        if "fsdp2" in path:  # rank 0 gathers the full state dict, which save_model casts
+            assert "fsdp_state_dict_type: FULL_STATE_DICT" in Path(path).read_text(), path
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """Thread counts from what the machine can give, and no oversubscription in child processes."""
 
 import os
-import subprocess
 import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from procs import run
 
 from budget_forcing import threads
 from budget_forcing.threads import THREAD_VARS, cgroup_cpu_limit, other_load, pick_threads, thread_env
@@ -100,5 +100,5 @@ def test_thread_env_sizes_every_pool_and_turns_spinning_off():
 def test_a_child_process_runs_torch_with_the_threads_it_was_given():
     code = "import torch; print(torch.get_num_threads())"
     env = thread_env(1, {k: v for k, v in os.environ.items() if k not in THREAD_VARS})
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = run([sys.executable, "-c", code], env=env, timeout=120)
     assert out.stdout.strip() == "1"

@@ -8,7 +8,8 @@ Subcommands:
 * ``eval`` (`budget_forcing.integrations.lm_eval`): lm-eval with the ``hf-budget-forcing`` model and
   the packaged ``*_bf`` tasks (``pip install 'budget-forcing[eval]'``); the arguments go to lm-eval.
 * ``select`` (`budget_forcing.selection`): the s1K data selection recipe.
-* ``sft``: ``accelerate launch recipes/sft.py`` from a clone of the repository.
+* ``sft`` (`budget_forcing.sft`): ``accelerate launch -m budget_forcing.sft``, the code of
+  ``recipes/sft.py``; arguments before ``--`` go to accelerate, the rest to the recipe.
 
 ``budget-forcing --help`` imports neither torch nor transformers.
 
@@ -27,7 +28,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 from budget_forcing.generation import (
     DEFAULT_ANSWER_ALLOWANCE,
@@ -37,8 +37,6 @@ from budget_forcing.generation import (
 )
 
 __all__ = ["build_parser", "main"]
-
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class CLIError(Exception):
@@ -127,25 +125,14 @@ def _run_select(argv: list[str]) -> int:
     return select_main(argv)
 
 
-def find_recipe(name: str) -> Path:
-    """A script under ``recipes/``: in the working directory's clone, else next to this source tree."""
-    for root in (Path.cwd(), _REPO_ROOT):
-        path = root / "recipes" / name
-        if path.is_file():
-            return path
-    raise CLIError(
-        f"recipes/{name} not found. The recipes ship with the source repository, not the package: "
-        "run this command from the root of a clone of the budget-forcing repository."
-    )
-
-
 def _run_sft(argv: list[str]) -> int:
     launcher, script_args = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else ([], argv)
     )
     accelerate = shutil.which("accelerate")
     base = [accelerate, "launch"] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
-    command = [*base, *launcher, str(find_recipe("sft.py")), *script_args]
+    # The same code as recipes/sft.py, from the installed package: no clone needed.
+    command = [*base, *launcher, "-m", "budget_forcing.sft", *script_args]
     print("+ " + " ".join(command), file=sys.stderr, flush=True)
     return subprocess.call(command)
 
@@ -256,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("select", help="s1K data selection (budget-forcing select --help)", add_help=False)
     sub.add_parser(
         "sft",
-        help="run `accelerate launch recipes/sft.py` (arguments before -- go to accelerate, the rest to the recipe)",
+        help="SFT: `accelerate launch -m budget_forcing.sft` (arguments before -- go to accelerate, the rest to the recipe)",
         add_help=False,
     )
     return parser

@@ -3,10 +3,12 @@
 ``BudgetForcingLM`` is lm-eval's ``HFLM`` whose ``generate_until`` runs each batch as ONE
 ``model.generate`` call with the `budget_forcing.BudgetForcing` logits processor and its
 stopping criteria, so lm-eval's stop strings (``"Question:"``, ``"</s>"``...) only apply to the
-answer, never to the thinking trace. It is registered in lm-eval as ``hf-budget-forcing``.
+answer, never to the thinking trace. It is registered in lm-eval as ``hf-budget-forcing`` when this
+module is imported.
 
-lm-eval 0.4.13 loads no plugins, so the ``budget-forcing-eval`` console script registers the model
-and then hands the command line to lm-eval unchanged::
+lm-eval 0.4.13 loads no plugins, so the stock ``lm_eval`` command does not know ``hf-budget-forcing``.
+``budget-forcing eval`` (or ``budget-forcing-eval``) registers it, adds the packaged ``*_bf`` tasks
+(`budget_forcing.tasks`) to the task path and hands the command line to lm-eval unchanged::
 
     budget-forcing-eval --model hf-budget-forcing \\
         --model_args pretrained=simplescaling/s1.1-32B,thinking_max=8000,num_waits=2,dtype=bfloat16 \\
@@ -36,7 +38,9 @@ The sidecar is a JSONL file with one row per generation: ``task``, ``doc_id``, `
 ``generated_tokens``, ``waits``, ``ignored``, ``forced_end`` and the budget used. Its path is
 ``sidecar=...`` (a ``.jsonl`` file or a directory); otherwise, with the console script and
 ``--output_path``, it is ``<output_path>/<model name>/budget_forcing_<date>.jsonl`` next to
-lm-eval's samples. The same rows are kept in ``lm.budget_records`` for Python callers.
+lm-eval's samples. The same rows are kept in ``lm.budget_records`` for Python callers, and their
+per-task means (thinking and answer tokens, waits, forced-end rate) and the settings go into lm-eval's
+results file as ``config.budget_forcing`` (`BudgetForcingLM.get_model_info`).
 
 Example:
     >>> import lm_eval  # doctest: +SKIP
@@ -74,7 +78,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     ) from err
 
 from budget_forcing.formats import ThinkingFormat, ThinkingSplitter, get_format
-from budget_forcing.processor import BudgetForcing
+from budget_forcing.processor import BudgetForcing, end_overhead
 from budget_forcing.tasks import TASKS_DIR
 
 __all__ = ["BudgetSettings", "BudgetForcingLM", "cli_evaluate", "MODEL_NAME", "SIDECAR_DIR_ENV"]
@@ -132,7 +136,7 @@ class BudgetSettings:
 
 
 def _register() -> None:
-    """Register ``hf-budget-forcing`` in lm-eval (idempotent; upgrades an entry-point placeholder)."""
+    """Register ``hf-budget-forcing`` in lm-eval (idempotent)."""
     try:
         register_model(MODEL_NAME)(BudgetForcingLM)
     except ValueError:  # already taken by another copy of this class (e.g. a reloaded module): keep it
@@ -232,6 +236,36 @@ class BudgetForcingLM(HFLM):
                 for record in records:
                     f.write(json.dumps(record) + "\n")
 
+    # ---------------------------------------------------------------------------------- results
+    def budget_summary(self) -> dict[str, Any]:
+        """The settings and, per task, the mean budget statistics of the generations so far.
+
+        lm-eval puts it in the results file as ``config.budget_forcing`` (through `get_model_info`).
+        """
+        tasks: dict[str, dict[str, Any]] = {}
+        for task in dict.fromkeys(r["task"] for r in self.budget_records):
+            rows = [r for r in self.budget_records if r["task"] == task]
+            mean = lambda key, rows=rows: round(sum(float(r[key]) for r in rows) / len(rows), 3)  # noqa: E731
+            tasks[task] = {
+                "generations": len(rows),
+                "thinking_tokens_mean": mean("thinking_tokens"),
+                "thinking_tokens_max": max(r["thinking_tokens"] for r in rows),
+                "answer_tokens_mean": mean("answer_tokens"),
+                "waits_mean": mean("waits"),
+                "forced_end_rate": mean("forced_end"),
+            }
+        return {
+            "format": self.thinking_format.name,
+            "output": self.output,
+            "settings": asdict(self.budget),
+            "tasks": tasks,
+            "sidecar": None if self._sidecar_path is None else str(self._sidecar_path),
+        }
+
+    def get_model_info(self) -> dict[str, Any]:
+        """``HFLM``'s model information plus ``budget_forcing``: `budget_summary` in lm-eval's results."""
+        return {**super().get_model_info(), "budget_forcing": self.budget_summary()}
+
     # --------------------------------------------------------------------------------- generation
     def _processor(self, settings: BudgetSettings, max_gen_toks: int) -> tuple[BudgetForcing, int | None]:
         """The processor for ``settings`` under ``max_gen_toks`` and its resolved thinking cap."""
@@ -246,7 +280,7 @@ class BudgetForcingLM(HFLM):
         if key in self._processors:
             bf = self._processors[key]
             return bf, bf.max
-        overhead = BudgetForcing(self.tokenizer, **common).end_overhead
+        overhead = end_overhead(self.tokenizer, self.thinking_format, common["answer_prefix"])
         tmax = settings.thinking_max
         room = max_gen_toks - overhead
         if tmax == "auto":

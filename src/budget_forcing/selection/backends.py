@@ -3,10 +3,10 @@
 A backend turns a list of chat conversations into ``(index, text or exception)`` pairs, yielded as
 they finish, so the caller can commit each result to the cache immediately.
 
-* :class:`OpenAIChatBackend`: stdlib HTTP (``urllib``), a thread pool with at most
-  ``max_concurrency`` requests in flight, retries with exponential backoff on network errors,
-  HTTP 429 and 5xx. The API key is read from the environment variable ``api_key_env`` and only
-  ever sent in the ``Authorization`` header, never logged or stored.
+* :class:`OpenAIChatBackend`: the official ``openai`` client (its retries with exponential backoff,
+  timeouts and typed errors), a thread pool with at most ``max_concurrency`` requests in flight.
+  The API key is read from the environment variable ``api_key_env`` and only ever sent in the
+  ``Authorization`` header, never logged or stored.
 * :class:`LocalHFBackend`: ``transformers`` ``generate`` in batches (small models, CPU or GPU);
   with ``thinking_budget`` set, reasoning models think at most that many tokens
   (:class:`budget_forcing.BudgetForcing`, one ``generate`` call).
@@ -22,16 +22,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
+
+from budget_forcing._extras import require
 
 from .config import ModelConfig
 
@@ -58,65 +55,44 @@ class ChatBackend:
 
 
 class OpenAIChatBackend(ChatBackend):
-    """Chat completions against ``{base_url}/chat/completions`` with bounded concurrency and retries."""
+    """Chat completions through the official ``openai`` client, with bounded concurrency.
 
-    RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+    The client retries network errors, timeouts, 408/409/429 and 5xx with exponential backoff
+    (``max_retries``, ``timeout_seconds``); its typed errors become :class:`BackendError`. A reply
+    without text (``content: null``, no choices) is retried too, up to ``max_retries`` times, and
+    never returned as an empty answer.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         if config.max_concurrency < 1:
             raise ValueError(f"`max_concurrency` of {config.name!r} must be >= 1.")
+        openai = require("openai", "recipes", "Calling OpenAI-compatible endpoints")
         self.config = config
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        self._errors = openai.APIError
+        key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        # vLLM's convention for a server without --api-key: any placeholder key.
+        self.client = openai.OpenAI(
+            base_url=config.base_url.rstrip("/"),
+            api_key=key or "EMPTY",
+            max_retries=config.max_retries,
+            timeout=config.timeout_seconds,
+        )
 
     def complete(self, messages: Messages) -> str:
-        """One chat completion, with retries; raises :class:`BackendError` when it fails for good."""
+        """One chat completion; raises :class:`BackendError` when it fails for good."""
         cfg = self.config
-        body = json.dumps(
-            {
-                "model": cfg.model,
-                "messages": messages,
-                "temperature": cfg.temperature,
-                "max_tokens": cfg.max_tokens,
-            }
-        ).encode()
-        last = ""
         for attempt in range(cfg.max_retries + 1):
-            if attempt:
-                delay = cfg.retry_base_seconds * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
-                logger.info(
-                    "%s: retry %d/%d in %.1fs after %s", cfg.name, attempt, cfg.max_retries, delay, last
+            try:
+                reply = self.client.chat.completions.create(
+                    model=cfg.model, messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens
                 )
-                time.sleep(delay)
-            request = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=cfg.timeout_seconds) as response:
-                    payload = json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as err:
-                last = f"HTTP {err.code} from {self.url}"
-                if err.code not in self.RETRY_STATUS:
-                    raise BackendError(f"{cfg.name}: {last} (not retried)") from None
-                continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-                last = f"{type(err).__name__} contacting {self.url}: {getattr(err, 'reason', err)}"
-                continue
-            except ValueError:
-                last = f"invalid JSON from {self.url}"
-                continue
-            try:
-                message = payload["choices"][0]["message"]
-                content = message.get("content") or ""
-            except (KeyError, IndexError, TypeError):
-                last = f"unexpected response shape from {self.url}"
-                continue
-            return content
-        raise BackendError(f"{cfg.name}: gave up after {cfg.max_retries + 1} tries ({last})")
+            except self._errors as err:  # already retried by the client where retrying can help
+                raise BackendError(f"{cfg.name}: {type(err).__name__}: {err}") from None
+            content = reply.choices[0].message.content if reply.choices else None
+            if content:
+                return content
+            logger.info("%s: empty reply (try %d of %d)", cfg.name, attempt + 1, cfg.max_retries + 1)
+        raise BackendError(f"{cfg.name}: no text in {cfg.max_retries + 1} replies (content null or empty)")
 
     def generate(self, conversations: Sequence[Messages]) -> Iterator[tuple[int, str | BackendError]]:
         if not conversations:

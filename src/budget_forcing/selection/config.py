@@ -77,10 +77,10 @@ class ModelConfig:
     max_tokens: int = field(default=4096, metadata={"help": "Maximum new tokens per call."})
     max_concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (`openai`)."})
     max_retries: int = field(
-        default=6, metadata={"help": "Retries per request on network errors, 429 and 5xx."}
-    )
-    retry_base_seconds: float = field(
-        default=1.0, metadata={"help": "First backoff delay; doubles per retry."}
+        default=6,
+        metadata={
+            "help": "Retries per request (the openai client's: network errors, 408/409/429, 5xx; and empty replies)."
+        },
     )
     timeout_seconds: float = field(default=600.0, metadata={"help": "Per-request timeout."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per `generate` call (`local`)."})

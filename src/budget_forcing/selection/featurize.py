@@ -241,6 +241,8 @@ def featurize(
 
     # (b) grading: math-verify where the reference is checkable, else (or on request) the judge
     refs = [reference_answer(s, fc.max_plain_answer_chars) if isinstance(s, str) else None for s in solutions]
+    # An empty or missing solution gives nothing to grade against: neither math-verify nor the judge.
+    has_solution = [isinstance(s, str) and bool(s.strip()) for s in solutions]
     to_grade: dict[str, list[str | None]] = {f"correct_{n}": attempts[n] for n in names}
     if fc.grade_teacher:
         if fc.attempt_column not in columns:
@@ -279,7 +281,7 @@ def featurize(
             use_judge = pred is not None and (
                 ref is None or (fc.judge_when_math_verify_fails and not mv[text_hash(ref, pred)])
             )
-            if use_judge and fc.judge is not None and isinstance(solutions[i], str):
+            if use_judge and fc.judge is not None and has_solution[i]:
                 key = text_hash(questions[i], solutions[i], pred)
                 text = render_prompt(
                     prompts["judge"], question=questions[i], solution=solutions[i], attempt=pred
@@ -315,6 +317,10 @@ def featurize(
                     )
             elif ref is not None:
                 value = bool(mv[text_hash(ref, pred)])
+            elif not has_solution[i]:
+                errors[i].append(
+                    f"{target}: no reference solution (empty or missing): nothing to grade against"
+                )
             else:
                 errors[i].append(
                     f"{target}: reference answer not checkable by math-verify and no judge configured"

@@ -24,6 +24,7 @@ from budget_forcing._extras import require
 
 __all__ = [
     "load_table",
+    "read_jsonl",
     "save_table",
     "ensure_ids",
     "column",
@@ -39,8 +40,57 @@ def _datasets() -> Any:
     return require("datasets", "recipes", "The selection recipe")
 
 
-def load_table(path_or_id: str, split: str = "train") -> Any:
-    """A `datasets.Dataset` from a local parquet/JSONL file or a Hugging Face hub dataset id."""
+def read_jsonl(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+    """The rows of a JSONL file and ``(line, reason, detail)`` for each line that is not one.
+
+    A line with invalid UTF-8, broken (e.g. truncated) JSON, a value that is not an object, or a
+    lone surrogate (text no file format can store) is skipped and reported, never fatal.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
+        ...     _ = f.write(b'{"q": "a"}\\n{"q": "\\xff"}\\n{"q": "\\\\ud800"}\\n{"q": \\n')
+        >>> rows, bad = read_jsonl(f.name)
+        >>> rows, [reason for _, reason, _ in bad]
+        ([{'q': 'a'}], ['invalid_utf8', 'lone_surrogate', 'invalid_json'])
+    """
+    rows: list[dict[str, Any]] = []
+    bad: list[tuple[str, str, str]] = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad.append((where, "invalid_utf8", str(err)))
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                bad.append((where, "invalid_json", str(err)))
+                continue
+            if not isinstance(row, dict):
+                bad.append((where, "not_an_object", type(row).__name__))
+                continue
+            try:
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as err:
+                bad.append((where, "lone_surrogate", str(err)))
+                continue
+            rows.append(row)
+    return rows, bad
+
+
+def load_table(
+    path_or_id: str, split: str = "train", unreadable: list[tuple[str, str, str]] | None = None
+) -> Any:
+    """A `datasets.Dataset` from a local parquet/JSONL file or a Hugging Face hub dataset id.
+
+    Lines of a JSONL file that cannot be read are skipped and appended to ``unreadable`` as
+    ``(line, reason, detail)`` (see `read_jsonl`), for the stage report to count them.
+    """
     datasets = _datasets()
     path = Path(path_or_id)
     if path.exists():
@@ -48,7 +98,14 @@ def load_table(path_or_id: str, split: str = "train") -> Any:
             return datasets.load_dataset(str(path), split=split)
         if path.suffix == ".parquet":
             return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
-        if path.suffix in (".jsonl", ".json"):
+        if path.suffix == ".jsonl":
+            rows, bad = read_jsonl(path)
+            if bad and unreadable is None:
+                raise ValueError(f"{path}: {len(bad)} unreadable lines, the first: {bad[0]}.")
+            if unreadable is not None:
+                unreadable.extend(bad)
+            return datasets.Dataset.from_list(rows)
+        if path.suffix == ".json":
             return datasets.Dataset.from_json(str(path), keep_in_memory=True)
         raise ValueError(f"Cannot read {path}: use a .parquet, .jsonl or .json file.")
     if path.suffix in _SUFFIXES or path_or_id.startswith((".", "/")):
@@ -131,6 +188,16 @@ class StageReport:
         self.steps.append(
             {"name": name, "rows_in": rows_in, "rows_out": rows_in - len(dropped), "dropped": reasons}
         )
+
+    def unreadable(self, bad: list[tuple[str, str, str]]) -> None:
+        """Count the input's unreadable rows (``(line, reason, detail)``) as the stage's first step."""
+        if not bad:
+            return
+        self.rows_in += len(bad)
+        first = StageReport(self.stage, self.rows_in)
+        first.step("read_input", self.rows_in, bad)
+        self.steps.insert(0, first.steps[0])
+        self.dropped[:0] = first.dropped
 
     def warn(self, message: str) -> None:
         import logging

@@ -76,7 +76,14 @@ def _out(config: SelectionConfig, name: str) -> str:
     return str(Path(config.output_dir) / name)
 
 
-def _finish(report: StageReport, config: SelectionConfig, input_path: str, output: str) -> StageResult:
+def _finish(
+    report: StageReport,
+    config: SelectionConfig,
+    input_path: str,
+    output: str,
+    unreadable: list[tuple[str, str, str]] = (),
+) -> StageResult:
+    report.unreadable(list(unreadable))
     report.input, report.output = input_path, output
     if report.rows_in - len(report.dropped) != report.rows_out:  # pragma: no cover - invariant
         raise AssertionError("report does not account for every dropped row")
@@ -86,11 +93,13 @@ def _finish(report: StageReport, config: SelectionConfig, input_path: str, outpu
     return StageResult(output=output, report=report, report_path=str(path))
 
 
-def _load(path: str, config: SelectionConfig, split: str = "train") -> Any:
-    dataset = load_table(path, split)
+def _load(path: str, config: SelectionConfig, split: str = "train") -> tuple[Any, list[tuple[str, str, str]]]:
+    """The stage's input and its unreadable JSONL lines (counted by `_finish`)."""
+    unreadable: list[tuple[str, str, str]] = []
+    dataset = load_table(path, split, unreadable)
     if config.id_column not in dataset.column_names:
         dataset = ensure_ids(dataset, config.id_column)
-    return dataset
+    return dataset, unreadable
 
 
 def run_decontaminate(config: SelectionConfig) -> StageResult:
@@ -98,7 +107,8 @@ def run_decontaminate(config: SelectionConfig) -> StageResult:
     dc = config.decontaminate
     input_path = dc.input or config.pool
     output = dc.output or _out(config, "decontaminated.parquet")
-    dataset = ensure_ids(load_table(input_path, config.pool_split), config.id_column)
+    unreadable: list[tuple[str, str, str]] = []
+    dataset = ensure_ids(load_table(input_path, config.pool_split, unreadable), config.id_column)
     probe = StageReport("decontaminate", rows_in=len(dataset))
     eval_texts = load_eval_sets(dc.eval_files, dc.eval_text_columns, dc.extra_eval_files, probe)
     kept, report = decontaminate(
@@ -111,7 +121,7 @@ def run_decontaminate(config: SelectionConfig) -> StageResult:
     )
     report.warnings = probe.warnings + report.warnings
     save_table(dataset.select(kept), output)
-    return _finish(report, config, input_path, output)
+    return _finish(report, config, input_path, output, unreadable)
 
 
 def run_featurize(config: SelectionConfig, backends: dict[str, ChatBackend] | None = None) -> StageResult:
@@ -119,7 +129,7 @@ def run_featurize(config: SelectionConfig, backends: dict[str, ChatBackend] | No
     fc = config.featurize
     input_path = fc.input or _out(config, "decontaminated.parquet")
     output = fc.output or _out(config, "featurized.parquet")
-    dataset = _load(input_path, config)
+    dataset, unreadable = _load(input_path, config)
     cache = Cache(fc.cache or _out(config, "cache.sqlite"))
     try:
         featurized, report = featurize(dataset, config, cache, backends)
@@ -128,7 +138,7 @@ def run_featurize(config: SelectionConfig, backends: dict[str, ChatBackend] | No
         for backend in (backends or {}).values():
             backend.close()
     save_table(featurized, output)
-    return _finish(report, config, input_path, output)
+    return _finish(report, config, input_path, output, unreadable)
 
 
 def run_filter(config: SelectionConfig) -> StageResult:
@@ -137,12 +147,12 @@ def run_filter(config: SelectionConfig) -> StageResult:
     input_path = fc.input or _out(config, "featurized.parquet")
     output = fc.output or _out(config, "filtered.parquet")
     quality_output = fc.quality_output or _out(config, "quality.parquet")
-    dataset = _load(input_path, config)
+    dataset, unreadable = _load(input_path, config)
     quality, final, report = apply_filters(dataset, config)
     save_table(dataset.select(quality), quality_output)
     save_table(dataset.select(final), output)
     report.info["quality_output"] = quality_output
-    return _finish(report, config, input_path, output)
+    return _finish(report, config, input_path, output, unreadable)
 
 
 def _selection_rows(dataset: Any, config: SelectionConfig) -> list[dict[str, Any]]:
@@ -181,7 +191,7 @@ def run_select(
     stage = name or ("select" if method == sc.method else f"select_{method}")
     input_path = input_path or sc.input or _out(config, "filtered.parquet")
     output = output or sc.output or _out(config, "selected.parquet")
-    dataset = _load(input_path, config)
+    dataset, unreadable = _load(input_path, config)
     columns = dataset.column_names
     if method in ("s1k", "diverse") and sc.domain_column not in columns:
         raise ValueError(
@@ -234,7 +244,7 @@ def run_select(
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         report.info["plot"] = plot_selection(png, rows, picked, method, report, set(phase1))
     save_table(dataset.select(picked), output)
-    return _finish(report, config, input_path, output)
+    return _finish(report, config, input_path, output, unreadable)
 
 
 def _stats(values: list[Any]) -> dict[str, float]:
@@ -255,7 +265,7 @@ def run_format(
     fc = config.format
     input_path = input_path or fc.input or _out(config, "selected.parquet")
     output = output or fc.output or _out(config, "sft.parquet")
-    dataset = _load(input_path, config)
+    dataset, unreadable = _load(input_path, config)
     formatted, bad = to_sft(dataset, fc, config.question_column)
     report = StageReport("format", rows_in=len(dataset))
     ids = column(dataset, config.id_column)
@@ -263,7 +273,7 @@ def run_format(
     report.info.update({"format": fc.format, "teacher": fc.teacher})
     bad_rows = {i for i, _ in bad}
     save_table(formatted.select([i for i in range(len(formatted)) if i not in bad_rows]), output)
-    return _finish(report, config, input_path, output)
+    return _finish(report, config, input_path, output, unreadable)
 
 
 def run_all(
