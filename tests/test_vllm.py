@@ -20,8 +20,17 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProc
 from vllm_support import Nudge, save_tiny_qwen2  # noqa: E402
 
 from budget_forcing import BudgetForcing as HFBudgetForcing  # noqa: E402
+from budget_forcing import core  # noqa: E402
+from budget_forcing.formats import get_format  # noqa: E402
+from budget_forcing.reference import s1_generate  # noqa: E402
 from budget_forcing.testing import Nudge as HFNudge  # noqa: E402
-from budget_forcing.vllm import BudgetForcing, Settings, request_stats, settings_from_params  # noqa: E402
+from budget_forcing.vllm import (  # noqa: E402
+    BudgetForcing,
+    Settings,
+    greedy_generate,
+    request_stats,
+    settings_from_params,
+)
 
 pytestmark = pytest.mark.vllm
 
@@ -187,7 +196,12 @@ class FakeV2Runner:
         config = SimpleNamespace(
             speculative_config=None,
             model_config=SimpleNamespace(
-                tokenizer=str(model_dir), tokenizer_revision=None, trust_remote_code=False, seed=0
+                model=str(model_dir),
+                revision=None,
+                tokenizer=str(model_dir),
+                tokenizer_revision=None,
+                trust_remote_code=False,
+                seed=0,
             ),
         )
         self.proc = BudgetForcing(config, req_states)
@@ -283,3 +297,210 @@ def test_v2_rejects_speculative_decoding(model_dir):
     config = SimpleNamespace(speculative_config=object(), model_config=SimpleNamespace())
     with pytest.raises(ValueError, match="speculative"):
         BudgetForcing(config, None)
+
+
+# ------------------------------------------------------------------ s1's own loop on vLLM
+S1_PROMPTS = QUESTIONS + [q + " Explain." for q in QUESTIONS]
+
+
+@pytest.mark.parametrize("n_ignore", [1, 2])
+def test_identical_to_s1_eval_loop_on_vllm_unless_thinking_overruns(llm, tok, n_ignore):
+    """One greedy vLLM pass is token-identical to s1's multi-call loop run on the same engine on
+    every row whose thinking (with waits) fits the budget; overrunning rows agree up to the budget."""
+    end = ids(tok, "<|im_start|>answer")
+    seqs = core.encode_sequences(tok, get_format("s1", tok))
+    eos, _ = core.eos_ids(seqs, [tok.eos_token_id])
+    start = len(ids(tok, "<|im_start|>think"))
+    prompts = prompts_of(tok, S1_PROMPTS)
+    cap = 6
+    identical = overran = 0
+    for budget, period in ((6, 3), (12, 4), (12, 13), (20, 17)):
+        nudge = {"nudge": [end[0], tok.eos_token_id] if period < 8 else [end[0]], "nudge_period": period}
+        theirs = s1_generate(
+            greedy_generate(llm, extra_args=nudge),
+            tok,
+            prompts,
+            budget,
+            thinking_n_ignore=n_ignore,
+            max_gen_toks=cap,
+            stop_token_ids=[end[0], *eos],
+        )
+        settings = Settings(max=budget, num_waits=n_ignore, max_answer_tokens=cap, format="s1")
+        params = SamplingParams(
+            temperature=0, max_tokens=budget + 16 + cap, extra_args={**vars(settings), **nudge}
+        )
+        outs = generate(llm, prompts, params)
+        stats = request_stats(tok, outs, settings)
+        for out, row, thought in zip(outs, theirs, stats.thinking_tokens):
+            mine = list(out.outputs[0].token_ids)
+            mine = mine[:-1] if mine and mine[-1] in eos else mine
+            if row.uncut_thinking_tokens > budget:
+                overran += 1
+                assert mine[: start + thought] == row.generated[: start + thought]
+                continue
+            assert mine == row.generated, (tok.decode(mine), tok.decode(row.generated))
+            identical += 1
+    print(f"identical rows: {identical}, overran: {overran}, of {identical + overran}")
+    assert identical >= 8 and overran >= 8, (identical, overran)
+
+
+# --------------------------------------------------------------------------------- the server
+@pytest.mark.timeout(900)
+def test_server_concurrent_requests_with_different_budgets(model_dir, tok):
+    """`vllm serve --logits-processors ...` on loopback; the openai client sends concurrent
+    requests with different budgets; every one is bounded exactly; a bad one gets HTTP 400."""
+    import sys
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    import openai
+    from procs import free_port, started
+
+    port = free_port()
+    cmd = [
+        Path(sys.executable).parent / "vllm",
+        "serve",
+        model_dir,
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--logits-processors=budget_forcing.vllm:BudgetForcing",
+        "--enforce-eager",
+        "--max-model-len=512",
+        "--max-num-seqs=16",
+        "--dtype=float32",
+    ]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    with started(cmd, env=env) as proc:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, "vllm serve exited"
+            assert time.monotonic() < deadline, "vllm serve did not become healthy in 600 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120)
+        prompts = prompts_of(tok)
+        budgets = [3, 7, 11, 16, 20, 25]
+
+        def ask(i):
+            b = budgets[i]
+            return client.completions.create(
+                model=str(model_dir),
+                prompt=prompts[i % len(prompts)],
+                max_tokens=b + 24,
+                temperature=0,
+                extra_body={"vllm_xargs": {"max": b, "format": "s1"}, "return_token_ids": True},
+            )
+
+        with ThreadPoolExecutor(len(budgets)) as pool:
+            replies = list(pool.map(ask, range(len(budgets))))
+        outputs = [
+            SimpleNamespace(
+                prompt_token_ids=prompts[i % len(prompts)],
+                outputs=[SimpleNamespace(token_ids=r.choices[0].token_ids)],
+            )
+            for i, r in enumerate(replies)
+        ]
+        stats = request_stats(tok, outputs, [Settings(max=b, format="s1") for b in budgets])
+        assert stats.thinking_tokens == budgets
+        assert all(stats.forced_end)
+        start = ids(tok, "<|im_start|>think")
+        assert all(list(r.choices[0].token_ids[: len(start)]) == start for r in replies)
+        with pytest.raises(openai.BadRequestError, match="min=9 > max=2"):
+            client.completions.create(
+                model=str(model_dir),
+                prompt="Hi",
+                max_tokens=8,
+                extra_body={"vllm_xargs": {"min": 9, "max": 2}},
+            )
+
+
+# ------------------------------------------------------------------------------ stock lm-eval
+@pytest.mark.timeout(900)
+def test_stock_lm_eval_vllm_with_json_arguments(model_dir, tmp_path):
+    """`lm_eval --model vllm` unmodified: JSON model_args name the processor, JSON gen_kwargs carry
+    the budget into SamplingParams.extra_args; every response is budget-forced."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from procs import run
+
+    from budget_forcing.tasks import TASKS_DIR
+
+    model_args = {
+        "pretrained": str(model_dir),
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 512,
+        "logits_processors": ["budget_forcing.vllm:BudgetForcing"],
+    }
+    gen_kwargs = {"max_gen_toks": 48, "extra_args": {"max": 12, "num_waits": 1, "format": "s1"}}
+    out = tmp_path / "out"
+    cmd = [
+        Path(sys.executable).parent / "lm_eval", "--model", "vllm", "--model_args", json.dumps(model_args),
+        "--include_path", TASKS_DIR, "--tasks", "aime24_bf_sample", "--apply_chat_template",
+        "--gen_kwargs", json.dumps(gen_kwargs), "--output_path", out, "--log_samples",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
+    proc = run(cmd, timeout=800, cwd=tmp_path, env=env)
+    assert "aime24_bf_sample" in proc.stdout
+    samples = [
+        json.loads(line) for path in out.rglob("samples_*.jsonl") for line in path.read_text().splitlines()
+    ]
+    assert len(samples) == 3
+    for sample in samples:
+        response = sample["resps"][0][0]
+        # The random model never stops: the budget ends thinking and forces the answer prefix.
+        assert "Final Answer:" in response, response
+
+
+# --------------------------------------------------------------------------------- sampling
+def test_sampled_attempts_are_replaced_as_often_as_the_model_attempts(llm, tok, model_dir):
+    """Sampling: every row stays within its bounds, and the share of rows whose second thinking
+    token was an attempt replaced by "Wait" matches the model's attempt probability there
+    (a z-test against the exact per-row probabilities, from the same weights in transformers)."""
+    n, budget = 400, 8
+    start, wait = ids(tok, "<|im_start|>think"), ids(tok, "Wait")
+    attempt_ids = [tok.convert_tokens_to_ids("<|im_start|>"), tok.eos_token_id]
+    # A bias makes attempts likely (about 1 in 4 steps); the wait's first token is banned as a free
+    # choice, so a "Wait" at that position can only be an injected one.
+    bias = {attempt_ids[0]: 5.0, wait[0]: -100.0}
+    prompt = prompts_of(tok, ["Hi"])[0]
+    settings = Settings(max=budget, num_waits=1, format="s1")
+    params = SamplingParams(
+        temperature=1.0, max_tokens=budget + 16, logit_bias=bias, extra_args=vars(settings)
+    )
+    outs = generate(llm, [prompt] * n, params)
+    stats = request_stats(tok, outs, settings)
+    assert all(t <= budget for t in stats.thinking_tokens)
+    assert all(w <= 1 for w in stats.waits)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    gens = [list(o.outputs[0].token_ids) for o in outs]
+    first = [g[len(start)] for g in gens]
+    assert not any(f in attempt_ids for f in first)  # s1's min_tokens=1: the first token never ends
+    probs = {}
+    with torch.no_grad():
+        for x in set(first):
+            logits = model(torch.tensor([prompt + start + [x]])).logits[0, -1]
+            for token, b in bias.items():
+                logits[token] += b
+            probs[x] = float(torch.softmax(logits, -1)[attempt_ids].sum())
+    expected = sum(probs[x] for x in first)
+    variance = sum(probs[x] * (1 - probs[x]) for x in first)
+    observed = sum(g[len(start) + 1 : len(start) + 1 + len(wait)] == wait for g in gens)
+    z = (observed - expected) / variance**0.5
+    print(f"replaced attempts: {observed} of {n} rows, expected {expected:.1f} (z = {z:.2f})")
+    assert 0.1 * n < expected < 0.5 * n
+    assert abs(z) < 4

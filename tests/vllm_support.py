@@ -23,15 +23,15 @@ def save_tiny_qwen2(path: Path) -> Path:
 class Nudge(LogitsProcessor):
     """Makes a random model attempt to end at content-defined places (vLLM version of helpers.Nudge).
 
-    A request opts in with ``extra_args={"nudge": [target ids...]}``; target ``k`` gets +40 when
-    ``(length * 7 + last token) % period == k``, a function of the tokens only, identical in a
-    one-pass run and in a multi-call run of the same text.
+    A request opts in with ``extra_args={"nudge": [target ids...], "nudge_period": 5}``; target
+    ``k`` gets +40 when ``(length * 7 + last token) % period == k``, a function of the tokens only,
+    identical in a one-pass run and in a multi-call run of the same text.
     """
 
-    period, strength = 5, 40.0
+    strength = 40.0
 
     def __init__(self, vllm_config, device, is_pin_memory) -> None:
-        self.rows: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        self.rows: dict[int, tuple[list[int], int, list[int], list[int]]] = {}
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -42,9 +42,9 @@ class Nudge(LogitsProcessor):
         for slot in batch_update.removed:
             self.rows.pop(slot, None)
         for slot, params, prompt, output in batch_update.added:
-            targets = (params.extra_args or {}).get("nudge")
-            if targets:
-                self.rows[slot] = (list(targets), prompt or [], output)
+            extra = params.extra_args or {}
+            if extra.get("nudge"):
+                self.rows[slot] = (list(extra["nudge"]), extra.get("nudge_period", 5), prompt or [], output)
             else:
                 self.rows.pop(slot, None)
         for a, b, direction in batch_update.moved:
@@ -55,12 +55,12 @@ class Nudge(LogitsProcessor):
                 self.rows[a] = rb
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        for slot, (targets, prompt, output) in self.rows.items():
+        for slot, (targets, period, prompt, output) in self.rows.items():
             if slot >= logits.shape[0]:
                 continue
             length = len(prompt) + len(output)
             last = output[-1] if output else prompt[-1]
-            key = (length * 7 + last) % self.period
+            key = (length * 7 + last) % period
             if key < len(targets):
                 logits[slot, targets[key]] += self.strength
         return logits

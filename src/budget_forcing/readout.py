@@ -39,17 +39,25 @@ def replay(
     max: int | Sequence[int | None] | None = None,
     num_waits: int | Sequence[int] = 0,
     max_answer: int | Sequence[int | None] | None = None,
+    phase: Sequence[int] | None = None,
 ) -> core.State:
     """The state each row is in after ``generated`` followed its prompt (vectorised over rows).
 
     At every step the machine is fed the token the row actually emitted as the model's choice,
     except where the row could not end thinking yet and its next token is what an ignored attempt
-    forces (the wait string, or the forced end): there the attempt is what happened.
+    forces (the wait string, or the forced end): there the attempt is what happened. ``phase``
+    (one `budget_forcing.core` phase per row, e.g. from `budget_forcing.core.prompt_phase`)
+    overrides where each prompt leaves thinking.
     """
     device = t["table"].device
     rows = len(prompts)
     states = [
-        core.init_state(t, list(p), *_settings(i, min, max, num_waits, max_answer))
+        core.init_state(
+            t,
+            list(p),
+            *_settings(i, min, max, num_waits, max_answer),
+            phase=None if phase is None else [phase[i]],
+        )
         for i, p in enumerate(prompts)
     ]
     s = {k: torch.cat([st[k] for st in states]) for k in states[0]}
@@ -59,20 +67,21 @@ def replay(
     for i, g in enumerate(generated):
         ids[i, : len(g)] = torch.as_tensor(list(g), dtype=torch.long, device=device)
     last = torch.as_tensor([p[-1] if len(p) else 0 for p in prompts], dtype=torch.long, device=device)
-    suppress = int(t["seq_len"][core.SEQ_WAIT]) == 0
+    has_wait = bool(t["seq_len"][core.SEQ_WAIT] > 0)
     attempt = torch.full((rows,), int(t["end_ids"][0]), dtype=torch.long, device=device)
     for step in range(steps):
         actual = ids[:, step]
         live = actual >= 0
         token = actual.clamp(min=0)
-        # With an empty wait string an ignored attempt is replaced by the row's own next token.
-        alternative = token if suppress else None
+        # Where the machine replaces an attempt (s1's min_tokens=1, suppression), the row's actual
+        # token is what replaced it.
+        alternative = token
         as_chosen, _, _ = core.advance(s, t, token, last, alternative)
         as_attempt, emitted_attempt, _ = core.advance(s, t, attempt, last, alternative)
         # Treat the step as an ignored attempt where the row could not end yet and the ids show
         # what an ignored attempt emits.
         could_not_end = (s["think"] < s["min"]) | (s["ignored"] < s["num_waits"])
-        took_attempt = could_not_end & (emitted_attempt == token)
+        took_attempt = has_wait & could_not_end & (emitted_attempt == token)
         new = {k: torch.where(took_attempt, as_attempt[k], v) for k, v in as_chosen.items()}
         new = core.absorb(new, t, token)
         s = {k: torch.where(live, new[k], s[k]) for k in s}

@@ -52,6 +52,7 @@ __all__ = ["BudgetForcing", "Settings", "settings_from_params", "request_stats",
 logger = logging.getLogger(__name__)
 
 _SAMPLING_EPS = 1e-5  # vLLM's own threshold: a lower temperature is greedy decoding
+_FORCE = 1e9  # the logit a forced token gets
 _PENALTIES = (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0))
 
 
@@ -117,6 +118,42 @@ def settings_from_params(params) -> Settings | None:
 
 
 # ------------------------------------------------------------------------------------ the rows
+@dataclass(frozen=True)
+class _Group:
+    """What requests sharing a format, wait string and answer prefix share: their tables."""
+
+    fmt: Any
+    tables: core.Tables
+    closers: list[str]
+    tokenizer: Any
+    attempts: int  # how many ids are attempts to end thinking
+
+    def phase(self, prompt: Sequence[int]) -> int:
+        """Where the prompt leaves thinking, read from its text (as the HF processor does)."""
+        return core.prompt_phase(self.tokenizer.decode(list(prompt)), self.fmt, self.closers)
+
+
+def _group(tokenizer, settings: Settings, vocab: int, flags, config_eos=None) -> _Group:
+    fmt = get_format(settings.format, tokenizer)
+    wait, prefix = settings.wait or None, settings.answer_prefix or None
+    seqs = core.encode_sequences(tokenizer, fmt, wait, prefix)
+    eos, stop_id = core.eos_ids(seqs, config_eos)
+    core.check_sequences(seqs, fmt, wait, prefix, eos)
+    core.check_vocab(seqs, eos, vocab)
+    t = core.build_tables(seqs, vocab, *flags, flags[0].device, eos_ids=eos, stop_id=stop_id)
+    return _Group(fmt, t, [tokenizer.decode([e]) for e in eos], tokenizer, int(t["is_attempt"].sum()))
+
+
+def _limits(settings: Sequence[Settings]) -> dict:
+    """The per-row settings `budget_forcing.readout.replay` takes."""
+    return dict(
+        min=[s.min for s in settings],
+        max=[s.max for s in settings],
+        num_waits=[s.num_waits for s in settings],
+        max_answer=[s.max_answer_tokens for s in settings],
+    )
+
+
 class _Rows:
     """Budget-forcing state for every request slot of an engine, kept in tensors on its device.
 
@@ -125,11 +162,11 @@ class _Rows:
     really appended a token for it (a chunked-prefill step samples and throws the token away).
     """
 
-    def __init__(self, tokenizer, vocab_size: int, slots: int, device, seed: int | None) -> None:
-        self.tokenizer, self.vocab, self.slots = tokenizer, vocab_size, slots
+    def __init__(self, tokenizer, vocab_size: int, slots: int, device, seed: int | None, config_eos) -> None:
+        self.tokenizer, self.vocab, self.slots, self.config_eos = tokenizer, vocab_size, slots, config_eos
         self.device = torch.device(device)
-        self.ends_newline, self.is_space = core.vocab_flags(tokenizer, vocab_size, self.device)
-        self.groups: list[tuple[core.Sequences, core.Tables]] = []
+        self.flags = core.vocab_flags(tokenizer, vocab_size, self.device)
+        self.groups: list[_Group] = []
         self._group_of: dict[tuple, int] = {}
         self.state: core.State | None = None
         self.proposed: core.State | None = None
@@ -150,6 +187,7 @@ class _Rows:
             "on": np.zeros(slots, bool),
             "sampling": np.zeros(slots, bool),
             "group": np.zeros(slots, int),
+            "truncate": np.zeros(slots, bool),  # min-p, top-k or top-p to apply
         }
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(0 if seed is None else seed)
@@ -159,13 +197,8 @@ class _Rows:
         """The index of the group (forced sequences + tables) for these settings' strings."""
         key = settings.strings
         if key not in self._group_of:
-            fmt = get_format(settings.format, self.tokenizer)
-            seqs = core.encode_sequences(
-                self.tokenizer, fmt, settings.wait or None, settings.answer_prefix or None
-            )
-            t = core.build_tables(seqs, self.vocab, self.ends_newline, self.is_space, self.device)
             self._group_of[key] = len(self.groups)
-            self.groups.append((seqs, t))
+            self.groups.append(_group(self.tokenizer, settings, self.vocab, self.flags, self.config_eos))
         return self._group_of[key]
 
     def add(self, slot: int, settings: Settings | None, params, prompt: Sequence[int], output: Sequence[int]):
@@ -178,10 +211,9 @@ class _Rows:
         except ValueError as err:  # e.g. a wait string this tokenizer cannot encode
             logger.error("Budget forcing is off for a request: %s", err)
             return
-        t = self.groups[group][1]
-        limits = (settings.min, settings.max, settings.num_waits, settings.max_answer_tokens)
+        g = self.groups[group]
         output = [i for i in output if i >= 0]
-        row = replay(t, [list(prompt)], [output], *limits)
+        row = replay(g.tables, [list(prompt)], [output], **_limits([settings]), phase=[g.phase(prompt)])
         if self.state is None:
             self.state = {k: v.new_zeros((self.slots,)) for k, v in row.items()}
             self.proposed = {k: v.clone() for k, v in self.state.items()}
@@ -206,6 +238,7 @@ class _Rows:
         for k, v in values.items():
             self.slot[k][slot] = v
         self.host["on"][slot], self.host["sampling"][slot], self.host["group"][slot] = True, sampling, group
+        self.host["truncate"][slot] = params.min_p > 0 or top_k < self.vocab or params.top_p < 1
 
     def remove(self, slot: int) -> None:
         self.slot["on"][slot] = False
@@ -246,15 +279,20 @@ class _Rows:
             return logits
         sampling = bool(self.host["sampling"][slots_np][on_np].any())
         s = {k: v[slots] for k, v in self.state.items()}
-        choice = self._choose(logits, slots, sampling)
+        # Each row's best few candidates in one pass: the first is what the model would emit, the
+        # first non-attempt among them is what replaces a forbidden attempt.
+        k = max(g.attempts for g in self.groups) + 1
+        candidates = self._ranking(logits, slots, slots_np, sampling).topk(k, -1).indices
+        choice = candidates[:, 0]
         last = self.slot["last"][slots]
 
         def advance(t):
+            # Rows that may not end here (s1's min_tokens=1, or suppression without a wait string)
+            # take their best (or a sampled) non-attempt token instead.
             alternative = None
-            if int(t["seq_len"][core.SEQ_WAIT]) == 0:  # wait=None: take the best non-attempt token
-                alternative = self._choose(
-                    logits.masked_fill(t["is_attempt"], float("-inf")), slots, sampling
-                )
+            if bool(core.needs_alternative(s, t, choice).any()):
+                allowed = ~t["is_attempt"][candidates]
+                alternative = candidates.gather(1, allowed.int().argmax(-1, keepdim=True)).squeeze(1)
             new, token, forced = core.advance(s, t, choice, last, alternative)
             return {**new, "_token": token, "_forced": forced}
 
@@ -263,22 +301,20 @@ class _Rows:
         for k, v in self.proposed.items():
             v[slots] = out[k]
         self.slot["token"][slots] = token
-        # Force: greedy rows only need the token on top; sampled rows need every other token out.
+        # Force in O(rows): a logit so far above the rest that argmax takes it and softmax gives it
+        # probability 1 at any temperature (finite, so vLLM's sampler never sees inf - inf).
         kept = logits.gather(1, token[:, None])
-        if not sampling:
-            return logits.scatter_(1, token[:, None], torch.where(forced[:, None], float("inf"), kept))
-        logits.masked_fill_(forced[:, None], float("-inf"))
-        return logits.scatter_(1, token[:, None], torch.where(forced[:, None], 0.0, kept))
+        return logits.scatter_(1, token[:, None], torch.where(forced[:, None], _FORCE, kept))
 
     def _by_group(self, slots: torch.Tensor, fn, slots_np: np.ndarray) -> dict:
         """``fn(tables)`` for each settings group among ``slots``, merged row by row."""
         present = np.unique(self.host["group"][slots_np][self.host["on"][slots_np]])
         if len(present) <= 1:
-            return fn(self.groups[int(present[0]) if len(present) else 0][1])
+            return fn(self.groups[int(present[0]) if len(present) else 0].tables)
         group = self.slot["group"][slots]
         merged = None
         for g in present:
-            out = fn(self.groups[int(g)][1])
+            out = fn(self.groups[int(g)].tables)
             if merged is None:
                 merged = out
             else:
@@ -286,27 +322,41 @@ class _Rows:
                 merged = {k: torch.where(mine, out[k], merged[k]) for k in merged}
         return merged
 
-    def _choose(self, logits: torch.Tensor, slots: torch.Tensor, sampling: bool) -> torch.Tensor:
-        """What each row would emit: the argmax, or a draw from vLLM's final distribution."""
-        greedy = logits.argmax(-1)
+    def _ranking(
+        self, logits: torch.Tensor, slots: torch.Tensor, slots_np: np.ndarray, sampling: bool
+    ) -> torch.Tensor:
+        """Per row, scores whose order is the model's preference: the logits (greedy rows), or for
+        sampled rows an exponential race over vLLM's final distribution, whose winner is a draw from
+        it and whose best non-attempt is a draw from it without the attempts."""
         if not sampling:
-            return greedy
+            return logits
         # The distribution vLLM's sampler draws from: temperature, min_p, top-k, top-p.
         x = logits.float() / self.slot["temperature"][slots, None]
-        probs = torch.softmax(x, -1)
-        x = x.masked_fill(
-            probs < self.slot["min_p"][slots, None] * probs.amax(-1, keepdim=True), float("-inf")
-        )
-        sorted_x, order = x.sort(-1, descending=True)
-        rank = torch.arange(x.shape[-1], device=x.device)
-        drop = rank >= self.slot["top_k"][slots, None]
-        sorted_p = torch.softmax(sorted_x, -1)
-        drop |= (sorted_p.cumsum(-1) - sorted_p) >= self.slot["top_p"][slots, None]  # keep the top token
-        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
-        # Exponential race = one categorical draw per row (as vLLM samples), from our generator.
+        if self.host["truncate"][slots_np].any():
+            probs = torch.softmax(x, -1)
+            x = x.masked_fill(
+                probs < self.slot["min_p"][slots, None] * probs.amax(-1, keepdim=True), float("-inf")
+            )
+            sorted_x, order = x.sort(-1, descending=True)
+            rank = torch.arange(x.shape[-1], device=x.device)
+            drop = rank >= self.slot["top_k"][slots, None]
+            sorted_p = torch.softmax(sorted_x, -1)
+            drop |= (sorted_p.cumsum(-1) - sorted_p) >= self.slot["top_p"][slots, None]  # keeps the top token
+            x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
         noise = torch.empty_like(x).exponential_(generator=self.generator)
-        sampled = (torch.softmax(x, -1) / noise).argmax(-1)
-        return torch.where(self.slot["sampling"][slots], sampled, greedy)
+        race = torch.softmax(x, -1) / noise
+        return torch.where(self.slot["sampling"][slots, None], race, logits)
+
+
+def _config_eos(vllm_config) -> list[int] | None:
+    """The model's generation-config EOS ids (vLLM stops on them too), if it has one."""
+    from transformers import GenerationConfig
+
+    mc = vllm_config.model_config
+    try:
+        return GenerationConfig.from_pretrained(mc.model, revision=mc.revision).eos_token_id
+    except (OSError, ValueError):
+        return None
 
 
 def _tokenizer(vllm_config):
@@ -355,7 +405,10 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
             )
             self._seen = torch.zeros(slots, dtype=torch.long, device=device)
             self._pending: list[tuple[int, Settings, Any]] = []
-        self._rows = _Rows(_tokenizer(vllm_config), vocab, slots, device, vllm_config.model_config.seed)
+        tokenizer = _tokenizer(vllm_config)
+        self._rows = _Rows(
+            tokenizer, vocab, slots, device, vllm_config.model_config.seed, _config_eos(vllm_config)
+        )
         self._outputs: list[list[int] | None] = [None] * slots  # V1: each slot's live output list
         self._lengths = np.zeros(slots, dtype=np.int64)  # V1: output length at the last step
 
@@ -451,50 +504,45 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
 
 
 # ----------------------------------------------------------------------------------- statistics
-def request_stats(tokenizer, outputs, settings: Settings | Sequence[Settings]) -> core.BudgetStats:
+def request_stats(
+    tokenizer, outputs, settings: Settings | Sequence[Settings], config_eos=None
+) -> core.BudgetStats:
     """Per-row statistics of vLLM ``RequestOutput``s (one row per completion), read off their ids.
 
-    ``settings``: what the requests ran with (one for all, or one per request).
+    ``settings``: what the requests ran with (one for all, or one per request); ``config_eos``: the
+    model's generation-config EOS ids, if any (part of the one EOS definition, as in the engine).
     """
-    rows = [(o.prompt_token_ids, c.token_ids, i) for i, o in enumerate(outputs) for c in o.outputs]
     per_request = [settings] * len(outputs) if isinstance(settings, Settings) else list(settings)
-    stats = None
-    for key in dict.fromkeys(s.strings for s in per_request):
-        picked = [r for r in rows if per_request[r[2]].strings == key]
-        one = per_request[picked[0][2]]
-        fmt = get_format(one.format, tokenizer)
-        seqs = core.encode_sequences(tokenizer, fmt, one.wait or None, one.answer_prefix or None)
-        ends_newline, is_space = core.vocab_flags(tokenizer, len(tokenizer))
-        t = core.build_tables(seqs, len(tokenizer), ends_newline, is_space)
+    rows = [(o.prompt_token_ids, c.token_ids, s) for o, s in zip(outputs, per_request) for c in o.outputs]
+    flags = core.vocab_flags(tokenizer, len(tokenizer))
+    result = core.BudgetStats(
+        [0] * len(rows), [0] * len(rows), [0] * len(rows), [0] * len(rows), [False] * len(rows)
+    )
+    for key in dict.fromkeys(s.strings for _, _, s in rows):
+        where = [i for i, (_, _, s) in enumerate(rows) if s.strings == key]
+        g = _group(tokenizer, rows[where[0]][2], len(tokenizer), flags, config_eos)
+        prompts = [list(rows[i][0]) for i in where]
         got = read_stats(
-            t,
-            [list(r[0]) for r in picked],
-            [list(r[1]) for r in picked],
-            min=[per_request[r[2]].min for r in picked],
-            max=[per_request[r[2]].max for r in picked],
-            num_waits=[per_request[r[2]].num_waits for r in picked],
-            max_answer=[per_request[r[2]].max_answer_tokens for r in picked],
+            g.tables,
+            prompts,
+            [list(rows[i][1]) for i in where],
+            **_limits([rows[i][2] for i in where]),
+            phase=[g.phase(p) for p in prompts],
         )
-        stats = _merge(stats, got, [rows.index(r) for r in picked], len(rows))
-    return stats
-
-
-def _merge(into, part: core.BudgetStats, where: list[int], total: int) -> core.BudgetStats:
-    if into is None:
-        into = core.BudgetStats([0] * total, [0] * total, [0] * total, [0] * total, [False] * total)
-    for name in ("thinking_tokens", "answer_tokens", "waits", "ignored", "forced_end"):
-        for i, v in zip(where, getattr(part, name)):
-            getattr(into, name)[i] = v
-    return into
+        for name in ("thinking_tokens", "answer_tokens", "waits", "ignored", "forced_end"):
+            for i, v in zip(where, getattr(got, name)):
+                getattr(result, name)[i] = v
+    return result
 
 
 # --------------------------------------------------------------------------- s1's loop on vLLM
-def greedy_generate(llm, extra_args: dict | None = None):
-    """A greedy ``generate(prompts, max_tokens, stop_token_ids, min_tokens)`` callable on a vLLM ``LLM``.
+def greedy_generate(llm, **sampling):
+    """A greedy `budget_forcing.reference.GenerateFn` on a vLLM ``LLM``.
 
-    It is what `budget_forcing.reference` drives to run s1's multi-call procedure on vLLM: each call
-    returns, per prompt, the generated ids without the stop token and whether a stop id ended it.
-    ``extra_args`` go to every request (e.g. for other logits processors of the engine).
+    It is what `budget_forcing.reference` drives to run s1's multi-call procedure on vLLM: per
+    prompt, the generated ids without the stop id, and the stop id that ended the call (None: out
+    of length). ``sampling`` goes to every request's ``SamplingParams`` (e.g. ``logit_bias``, or
+    ``extra_args`` for other logits processors).
     """
     from vllm import SamplingParams, TokensPrompt
 
@@ -504,16 +552,20 @@ def greedy_generate(llm, extra_args: dict | None = None):
             max_tokens=max_tokens,
             min_tokens=min_tokens,
             stop_token_ids=list(stop_token_ids),
-            ignore_eos=True,  # stop on exactly the given ids, as the loop asks
+            ignore_eos=True,  # stop on exactly the given ids
             detokenize=False,
-            extra_args=extra_args,
+            **sampling,
         )
         outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         rows = []
         for out in outs:
             ids = list(out.outputs[0].token_ids)
-            stopped = bool(ids) and ids[-1] in stop_token_ids and out.outputs[0].finish_reason == "stop"
-            rows.append((ids[:-1] if stopped else ids, stopped))
+            stop = (
+                ids[-1]
+                if ids and ids[-1] in stop_token_ids and out.outputs[0].finish_reason == "stop"
+                else None
+            )
+            rows.append((ids[:-1] if stop is not None else ids, stop))
         return rows
 
     return generate

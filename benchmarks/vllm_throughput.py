@@ -1,0 +1,221 @@
+"""Budget forcing in vLLM, measured side by side in one run on one engine.
+
+(a) Overhead: tokens/s of plain requests vs budget-forced requests producing the same tokens (the
+    plain run generates exactly as many tokens per row as the forced run did).
+(b) One pass vs s1's multi-call loop (``budget_forcing.reference.s1_generate`` on the same engine,
+    2 waits): wall time on the same batch, identical outputs counted.
+(c) Max-only budget: ours vs vLLM's built-in ``thinking_token_budget`` on the same requests (outputs
+    compared, throughput ratio).
+
+The model is a randomly initialised Qwen2 with Qwen2.5's full vocabulary (151,936 scores per row);
+``--size 0.5b`` is Qwen2.5-0.5B's shape (for GPUs), ``small`` keeps CPU runs short. A logit bias
+on the end delimiter's first token makes the random model try to end thinking now and then.
+
+Usage:
+    python benchmarks/vllm_throughput.py                       # GPU: 0.5b, batch 64
+    python benchmarks/vllm_throughput.py --size small --tokens 128 --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+SIZES = {
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14),
+    "small": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
+}
+VOCAB = 151_936
+
+
+def build(path: str, size: str):
+    """A random Qwen2 of the given shape with Qwen's vocabulary size, and a tokenizer, saved to ``path``."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from budget_forcing.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.pad_token_id,
+        **SIZES[size],
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.generation_config.eos_token_id = [tok.eos_token_id]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return tok
+
+
+def timed(fn, repeats: int):
+    """Median wall time of ``fn()`` over ``repeats`` runs, and its last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main(args) -> None:
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    from budget_forcing.reference import s1_generate
+    from budget_forcing.vllm import BudgetForcing, Settings, greedy_generate, request_stats
+
+    path = args.model or tempfile.mkdtemp(prefix="bf-vllm-bench-")
+    tok = build(path, args.size) if not args.model else None
+    from transformers import AutoTokenizer
+
+    tok = tok or AutoTokenizer.from_pretrained(path)
+    llm = LLM(
+        path,
+        logits_processors=[BudgetForcing],
+        enforce_eager=args.enforce_eager,
+        max_model_len=2048,
+        max_num_seqs=args.batch,
+        seed=0,
+        reasoning_config={
+            "reasoning_start_str": "<|im_start|>think",
+            "reasoning_end_str": "\n<|im_start|>answer",
+        },
+    )
+    questions = [f"Question {i}: what is {i} + {2 * i}?" for i in range(args.batch)]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in questions
+    ]
+    prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
+    end0 = tok.encode("<|im_start|>answer", add_special_tokens=False)[0]
+    bias = {end0: args.bias}
+
+    def run(params):
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return outs, sum(len(o.outputs[0].token_ids) for o in outs)
+
+    # (a) overhead on the same tokens
+    settings = Settings(max=args.tokens, num_waits=2, max_answer_tokens=16, format="s1")
+    forced = SamplingParams(
+        temperature=0,
+        max_tokens=args.tokens + 32,
+        logit_bias=bias,
+        extra_args=vars(settings),
+        detokenize=False,
+    )
+    run(forced)  # warm-up
+    t_bf, (outs, n_tokens) = timed(lambda: run(forced), args.repeats)
+    lengths = [len(o.outputs[0].token_ids) for o in outs]
+    plain = [
+        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, logit_bias=bias, detokenize=False)
+        for n in lengths
+    ]
+    t_plain, (_, n_plain) = timed(lambda: run(plain), args.repeats)
+    assert n_plain == n_tokens
+    stats = request_stats(tok, outs, settings, [tok.eos_token_id])
+    print(
+        f"(a) batch {args.batch}, {n_tokens} tokens: plain {n_tokens / t_plain:.0f} tok/s, budget forcing "
+        f"{n_tokens / t_bf:.0f} tok/s, ratio {t_plain / t_bf:.3f} "
+        f"(waits {sum(stats.waits)}, forced ends {sum(stats.forced_end)} of {args.batch})"
+    )
+
+    # (b) one pass vs s1's multi-call loop
+    cap = 16
+    end = tok.encode("<|im_start|>answer", add_special_tokens=False)
+    s1 = Settings(max=args.tokens, num_waits=2, max_answer_tokens=cap, format="s1")
+    one_pass = SamplingParams(
+        temperature=0,
+        max_tokens=args.tokens + 32 + cap,
+        logit_bias=bias,
+        extra_args=vars(s1),
+        detokenize=False,
+    )
+    gen = greedy_generate(llm, logit_bias=bias)
+
+    def loop():
+        return s1_generate(
+            gen,
+            tok,
+            prompts,
+            args.tokens,
+            thinking_n_ignore=2,
+            max_gen_toks=cap,
+            stop_token_ids=[end[0], tok.eos_token_id],
+        )
+
+    t_one, (outs, _) = timed(lambda: run(one_pass), args.repeats)
+    t_loop, rows = timed(loop, args.repeats)
+    same = fits = 0
+    for out, row in zip(outs, rows):
+        mine = list(out.outputs[0].token_ids)
+        mine = mine[:-1] if mine and mine[-1] == tok.eos_token_id else mine
+        if row.uncut_thinking_tokens <= args.tokens:
+            fits += 1
+            same += mine == row.generated
+    print(
+        f"(b) batch {args.batch}, 2 waits: one pass {t_one:.2f} s, s1's loop {t_loop:.2f} s, speed-up "
+        f"{t_loop / t_one:.2f}x; identical outputs on {same} of {fits} rows that fit the budget "
+        f"({args.batch - fits} overran)"
+    )
+
+    # (c) max only: ours vs vLLM's thinking_token_budget, prompts that open thinking
+    opened = [p + tok.encode("<|im_start|>think", add_special_tokens=False) for p in prompts]
+    ours = SamplingParams(
+        temperature=0,
+        max_tokens=args.tokens + 24,
+        extra_args={"max": args.tokens, "format": "s1", "answer_prefix": None},
+        detokenize=False,
+    )
+    builtin = SamplingParams(
+        temperature=0, max_tokens=args.tokens + 24, thinking_token_budget=args.tokens, detokenize=False
+    )
+
+    def run_opened(params):
+        return llm.generate([TokensPrompt(prompt_token_ids=p) for p in opened], params, use_tqdm=False)
+
+    t_ours, a = timed(lambda: run_opened(ours), args.repeats)
+    t_builtin, b = timed(lambda: run_opened(builtin), args.repeats)
+    same = sum(list(x.outputs[0].token_ids) == list(y.outputs[0].token_ids) for x, y in zip(a, b))
+    n_a = sum(len(o.outputs[0].token_ids) for o in a)
+    n_b = sum(len(o.outputs[0].token_ids) for o in b)
+    print(
+        f"(c) batch {args.batch}, max {args.tokens}: ours {n_a / t_ours:.0f} tok/s, thinking_token_budget "
+        f"{n_b / t_builtin:.0f} tok/s, ratio {(n_a / t_ours) / (n_b / t_builtin):.3f}; identical outputs "
+        f"{same} of {args.batch} ({n_a} vs {n_b} tokens)"
+    )
+    if same < args.batch:
+        x, y = next(
+            (x, y) for x, y in zip(a, b) if list(x.outputs[0].token_ids) != list(y.outputs[0].token_ids)
+        )
+        x, y = list(x.outputs[0].token_ids), list(y.outputs[0].token_ids)
+        at = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+        print(f"    first difference at token {at}: ours {x[at : at + 8]}, builtin {y[at : at + 8]}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", help="a model folder (default: a random Qwen2 built here)")
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="0.5b" if torch.cuda.is_available() else "small"
+    )
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=256, help="thinking budget")
+    parser.add_argument(
+        "--bias", type=float, default=4.0, help="logit bias on the end delimiter's first token"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--enforce-eager", action="store_true")
+    main(parser.parse_args())
