@@ -119,7 +119,7 @@ class ThinkingSplitter:
     ``answer_start`` is where the answer begins in the raw text (None while there is no answer).
 
     Example:
-        >>> splitter = ThinkingSplitter(THINK_FORMAT)
+        >>> splitter = ThinkingSplitter(ThinkingFormat("plain", "<think>", "</think>"))
         >>> splitter.feed("<think>2 + 2 = 4</th")  # " = 4</th" may be the start of "</think>"
         [('thinking', ''), ('thinking', '2 + 2')]
         >>> splitter.feed("ink>4")
