@@ -1,7 +1,9 @@
 """Overhead of budget forcing, measured side by side in one run.
 
 1. Throughput: tokens/s of plain ``generate`` vs budget-forced ``generate`` producing the same
-   number of tokens (both run exactly ``--new-tokens`` steps), at batch 1 and 32.
+   number of tokens (both run exactly ``--new-tokens`` steps), at batch 1, 32 and 64. With
+   ``--size small`` (4 layers, hidden 256, Qwen's 151,936-token vocabulary) batch 64 is the case
+   where the processor's per-step work over the vocabulary weighs most against the model.
 2. Processor cost: microseconds per decoding step of ``BudgetForcing.__call__`` alone at batch
    1, 32 and 256 on full-vocabulary (151,936) scores.
 3. One pass vs s1's multi-call procedure (``budget_forcing.reference``) on the same batch
@@ -27,7 +29,6 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from budget_forcing import BudgetForcing
-from budget_forcing.reference import hf_generate_fn, multicall_generate
 from budget_forcing.testing import Nudge, tiny_tokenizer
 
 SIZES = {  # Qwen2.5-0.5B's shape; "small" keeps CPU runs short
@@ -85,7 +86,9 @@ def timed_generate(model, inputs, repeats: int, device: str, **kwargs) -> float:
     return best
 
 
-def throughput(tok, model, device: str, batch: int, new_tokens: int, repeats: int) -> None:
+def throughput(
+    tok, model, device: str, batch: int, new_tokens: int, repeats: int, compile: bool = True
+) -> None:
     inputs = tok(prompts(tok, batch), return_tensors="pt", padding=True).to(device)
     common = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     timed_generate(model, inputs, 1, device, **common)  # warm-up
@@ -93,13 +96,17 @@ def throughput(tok, model, device: str, batch: int, new_tokens: int, repeats: in
     fused = BudgetForcing(
         tok, min=new_tokens // 4, max=new_tokens // 2, format="s1", num_waits=2, compile=True
     )
-    timed_generate(model, inputs, 1, device, logits_processor=[fused], **common)  # compiles once
+    if compile:
+        timed_generate(model, inputs, 1, device, logits_processor=[fused], **common)  # compiles once
     # Interleave the three so drift (clocks, caches, other load) hits them alike.
     plain = forced = compiled = float("inf")
     for _ in range(repeats):
         plain = min(plain, timed_generate(model, inputs, 1, device, **common))
         forced = min(forced, timed_generate(model, inputs, 1, device, logits_processor=[eager], **common))
-        compiled = min(compiled, timed_generate(model, inputs, 1, device, logits_processor=[fused], **common))
+        if compile:
+            compiled = min(
+                compiled, timed_generate(model, inputs, 1, device, logits_processor=[fused], **common)
+            )
     tokens = batch * new_tokens
     print(
         f"batch {batch:>3}: plain {tokens / plain:8.1f} tok/s | budget forcing {tokens / forced:8.1f} tok/s "
@@ -130,6 +137,8 @@ def processor_cost(tok, device: str, batch: int, steps: int = 200) -> None:
 
 
 def one_pass_vs_multicall(tok, model, device: str, batch: int, budget: int) -> None:
+    from budget_forcing.reference import hf_generate_fn, multicall_generate
+
     texts = prompts(tok, batch)
     end = tok.encode("<|im_start|>answer", add_special_tokens=False)[0]
     nudge = Nudge([end], period=11, strength=1e4, pad_id=tok.pad_token_id)  # ~1 attempt every 11 tokens
@@ -184,7 +193,8 @@ def main() -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 512 on cuda, 48 on cpu")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument("--no-compile", action="store_true", help="skip the compile=True runs")
     parser.add_argument(
         "--sections",
         nargs="+",
@@ -206,7 +216,7 @@ def main() -> None:
     if "throughput" in args.sections:
         print("\n== throughput: same number of tokens, plain vs budget forcing ==")
         for batch in args.batches:
-            throughput(tok, model, args.device, batch, new_tokens, args.repeats)
+            throughput(tok, model, args.device, batch, new_tokens, args.repeats, not args.no_compile)
     if "cost" in args.sections:
         print("\n== processor cost per decoding step ==")
         for batch in (1, 32, 256):

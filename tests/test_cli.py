@@ -147,7 +147,7 @@ def test_generate_prints_thinking_answer_and_stats_of_the_processor(capsys, mode
         assert row[13 : 13 + len(forced)] == forced
     for i, (question, text) in enumerate(zip(QUESTIONS, texts, strict=True)):
         thinking = text.removeprefix("<think>").partition("</think>")[0]
-        answer = text.partition("</think>")[2]
+        answer = text.partition("</think>")[2].removeprefix("\n\n")  # the think format's separator
         assert answer.startswith("Final Answer:")
         block = out.split(f"=== question {i + 1}/2 ===\n")[1]
         assert block.startswith(question + "\n--- thinking (12 tokens, 0 waits, forced end) ---\n")
@@ -393,10 +393,10 @@ def test_console_script_in_a_subprocess(model_dir):
     script = Path(sys.executable).with_name("budget-forcing")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "budget_forcing.cli"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    args = ["generate", str(model_dir), "--format", "think", "--max", "5", "--max-new-tokens", "12", "--json"]
+    args = ["generate", str(model_dir), "--format", "think", "--max", "5", "--max-new-tokens", "16", "--json"]
     done = run(command + args + ["-q", QUESTIONS[0]], env=env, timeout=300)
     row = json.loads(done.stdout)
-    stats, texts, _, _ = reference(model_dir, QUESTIONS[:1], max_new_tokens=12, format="think", max=5)
+    stats, texts, _, _ = reference(model_dir, QUESTIONS[:1], max_new_tokens=16, format="think", max=5)
     assert row["text"] == texts[0] and row["thinking_tokens"] == stats.thinking_tokens[0] == 5
     bad = run(
         command + ["generate", str(model_dir), "--min", "5", "--max", "2", "-q", "x"],
@@ -420,7 +420,7 @@ def test_console_script_in_a_subprocess(model_dir):
         ),
         (S1_FORMAT, "step\n<|im_start|>answer\n4", ("step", "4")),  # the prompt left thinking open
         (S1_FORMAT, "<|im_start|>think\nstill thinking", ("still thinking", None)),
-        (THINK_FORMAT, "<think>a b\n</think>x</think>y", ("a b\n", "x</think>y")),
+        (THINK_FORMAT, "<think>a b\n</think>x</think>y", ("a b", "x</think>y")),
         (THINK_FORMAT, "</think>answer only", ("", "answer only")),
     ],
 )

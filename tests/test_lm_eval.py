@@ -112,7 +112,7 @@ def test_generate_until_matches_direct_generate_and_respects_budgets(lm, tok) ->
         # "full" output: the whole continuation up to the end of the answer.
         assert text == expected.split("<|im_end|>")[0]
         # num_waits: as in s1 (min_tokens=1), the first thinking token is never an attempt.
-        assert text.startswith("<think>") and "Wait" in text and "</think>Final Answer:" in text
+        assert text.startswith("<think>") and "Wait" in text and "</think>\n\nFinal Answer:" in text
 
 
 def test_stop_strings_cut_only_the_answer(lm, tok) -> None:
@@ -123,7 +123,7 @@ def test_stop_strings_cut_only_the_answer(lm, tok) -> None:
     )
     for text in results:
         assert text.startswith("<think>") and "Wait" in text
-        assert text.endswith("</think>Final Answer:")
+        assert text.endswith("</think>\n\nFinal Answer:")
     answer_only = BudgetForcingLM(
         pretrained=lm.model, tokenizer=tok, format="think", thinking_min=6, thinking_max=16, output="answer",
         batch_size=3, device="cpu",

@@ -9,10 +9,59 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import LogitsProcessorList
 
-from budget_forcing import BudgetForcing, BudgetForcingLogitsProcessor, ThinkingFormat
+from budget_forcing import BudgetForcing, BudgetForcingLogitsProcessor, ThinkingFormat, core
 from budget_forcing.formats import get_format
 from budget_forcing.reference import hf_generate_fn, multicall_generate
-from budget_forcing.testing import tiny_model
+from budget_forcing.testing import QWEN_VOCAB_SIZE, qwen_tokenizer, tiny_model, tiny_tokenizer
+
+# Exactness, bounds and positions run on the synthetic vocabulary and on Qwen's real one (rebuilt
+# offline, 151,936-row model); Qwen2.5 has no <think> token, so it runs the s1 format only.
+KINDS = ["synthetic", "qwen2.5", "qwen3"]
+_MODELS: dict = {}
+SYNTHETIC_ONLY = {
+    "test_alias_and_public_api",
+    "test_min_and_wait_length_checked_up_front",
+    "test_direct_calls_outside_generate",
+    "test_llama_architecture",
+    "test_custom_multitoken_format",
+    "test_bad_arguments_raise_clear_errors",
+    "test_unencodable_delimiter_and_auto_format",
+    "test_auto_format_from_chat_template",
+    "test_generate_argument_errors",
+    "test_compiled_state_update_matches_eager",
+    "test_reuse_detects_new_calls_and_reset",
+    "test_num_return_sequences_expands_per_prompt_budgets",
+}
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def tokenizer(request):
+    return tiny_tokenizer() if request.param == "synthetic" else qwen_tokenizer(request.param[4:])
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    if id(tokenizer) not in _MODELS:
+        qwen = len(tokenizer) > 100_000
+        vocab = QWEN_VOCAB_SIZE if qwen else None
+        _MODELS[id(tokenizer)] = tiny_model(tokenizer, dtype=torch.float64, vocab_size=vocab)
+    return _MODELS[id(tokenizer)]
+
+
+@pytest.fixture(autouse=True)
+def _vocabularies(request):
+    if "tokenizer" not in request.fixturenames:
+        return
+    kind = request.node.callspec.params.get("tokenizer") if hasattr(request.node, "callspec") else None
+    if kind != "synthetic" and request.node.originalname in SYNTHETIC_ONLY:
+        pytest.skip("covered on the synthetic vocabulary")
+    fmt = request.node.callspec.params.get("fmt") if hasattr(request.node, "callspec") else None
+    if kind == "qwen2.5" and fmt != "s1":
+        pytest.skip("Qwen2.5 has no <think> token: s1 format only")
+
+
+def newline_ids(tok) -> set[int]:
+    return {i for i, t in enumerate(core.token_strings(tok)) if t.endswith("\n")}
 
 
 def ids(tok, text):
@@ -32,7 +81,7 @@ def run(model, tok, texts, bf, nudge=None, **gen):
 
 
 def nudge_for(tok, fmt, period=4):
-    return Nudge([ids(tok, get_format(fmt).end)[0], tok.eos_token_id], period=period)
+    return Nudge([ids(tok, get_format(fmt).end)[0], tok.eos_token_id], period=period, pad_id=tok.pad_token_id)
 
 
 def assert_matches_reference(model, tok, kw, nudge, max_new_tokens):
@@ -73,7 +122,7 @@ def test_max_forces_end_sequence_at_exact_position(model, tokenizer, fmt):
     f = get_format(fmt)
     start, end = ids(tok, f.start), ids(tok, f.end)
     tail = ids(tok, f.answer_sep + "Final Answer:")
-    newline_ids = {i for i in range(len(tok)) if tok.decode([i]).endswith("\n")}
+    newlines = newline_ids(tok)
     for _ in range(2):  # reuse: a second call behaves as a fresh processor
         for row, budget in zip(rows, budgets):
             assert row[: len(start)] == start
@@ -81,7 +130,7 @@ def test_max_forces_end_sequence_at_exact_position(model, tokenizer, fmt):
             assert len(thinking) == budget
             rest = row[len(start) + budget :]
             last = (start + thinking)[-1]
-            nl = [] if last in newline_ids else ids(tok, "\n")
+            nl = [] if last in newlines else ids(tok, "\n")
             assert rest[: len(nl + end + tail)] == nl + end + tail
         stats = bf.stats
         assert stats.thinking_tokens == budgets
@@ -99,7 +148,7 @@ def test_greedy_identical_to_multicall_reference(model, tokenizer, fmt, wait):
     assert sum(stats.ignored) > 0, "the nudge must make rows attempt to end early"
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     fmt=st.sampled_from(["s1", "think"]),
     budgets=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 24)), min_size=4, max_size=4),
@@ -167,9 +216,9 @@ def test_wait_that_would_overflow_max_forces_end(model, tokenizer):
     tok = tokenizer
     end = ids(tok, "</think>")
     always = Nudge([end[0]], period=1, strength=1e4)
-    wait = ids(tok, "Wait")
+    wait = ids(tok, "Wait, let me check")  # several tokens on every vocabulary
     w = len(wait)
-    bf = BudgetForcing(tok, num_waits=5, max=2 * w + 1, format="think")
+    bf = BudgetForcing(tok, num_waits=5, max=2 * w + 1, format="think", wait="Wait, let me check")
     (row,) = run(model, tok, chat_prompts(tok, QUESTIONS[:1]), bf, always, max_new_tokens=40)
     # other token, Wait, other token: w + 2 thinking tokens; another Wait would overflow max.
     assert row[2 : 2 + w] == wait
@@ -249,7 +298,7 @@ def test_sampling_seeded_reproducible_and_bounded(model, tokenizer):
         )
     assert runs[0] == runs[1]
     rows, stats = runs[0]
-    newline = set(i for i in range(len(tok)) if tok.decode([i]).endswith("\n"))
+    newline = newline_ids(tok)
     for i, row in enumerate(rows):
         assert stats.thinking_tokens[i] <= [10, 10, 14, 3][i]
         assert stats.thinking_tokens[i] >= [2, 4, 6, 0][i] or stats.forced_end[i]

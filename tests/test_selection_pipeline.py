@@ -31,7 +31,7 @@ def test_assistant_text_formats() -> None:
         "<|im_start|>think\nthink hard\n<|im_start|>answer\nAnswer: The answer is 4"
     )
     assert assistant_text("t", "Answer: 4", "s1", "auto").endswith("answer\nAnswer: 4")  # not doubled
-    assert assistant_text("t\n", "4", "think", "auto") == "<think>t</think>4"
+    assert assistant_text("t\n", "4", "think", "auto") == "<think>\nt\n</think>\n\n4"  # as Qwen3 writes it
     assert assistant_text("t", "4", "s1", None).endswith("answer\n4")
 
 
@@ -55,7 +55,7 @@ def test_to_sft_teachers_and_trl_compatible(tmp_path: Path) -> None:
     deepseek, bad = to_sft(data, FormatConfig(format="think", teacher="deepseek", system_prompt="Be brief."))
     assert bad == []
     assert deepseek[1]["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert deepseek[1]["messages"][2]["content"] == "<think>r1 thinks 2+2</think>4"
+    assert deepseek[1]["messages"][2]["content"] == "<think>\nr1 thinks 2+2\n</think>\n\n4"
     with pytest.raises(ValueError, match="no column"):
         to_sft(data.remove_columns("deepseek_attempt"), FormatConfig(teacher="deepseek"))
 

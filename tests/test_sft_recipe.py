@@ -148,7 +148,7 @@ def test_s1k_row_renders_like_s1():
     assert sft.s1k_messages(already, S1_FORMAT)[-1]["content"].endswith("answer\nSo the final Answer: 2")
     think = sft.s1k_messages(row, THINK_FORMAT, system_prompt="Be brief.")
     assert think[0] == {"role": "system", "content": "Be brief."}
-    assert think[-1]["content"] == "<think>First step.\nSecond step.</think>Answer: 2"
+    assert think[-1]["content"] == "<think>\nFirst step.\nSecond step.\n</think>\n\nAnswer: 2"
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_parquet_and_max_train_samples(tmp_path, tokenizer):
     Dataset.from_list(rows).to_parquet(str(tmp_path / "sel.parquet"))
     args = sft.ScriptArguments(dataset_name=str(tmp_path / "sel.parquet"), max_train_samples=3)
     dataset = sft.build_dataset(args, tokenizer, "<|im_end|>")
-    assert dataset["completion"] == [f"<think>t</think>{i}<|im_end|>" for i in range(3)]
+    assert dataset["completion"] == [f"<think>\nt\n</think>\n\n{i}<|im_end|>" for i in range(3)]
 
 
 def test_bad_data_raises_clear_errors(tmp_path, tokenizer):

@@ -356,20 +356,18 @@ def check_sequences(seqs: Sequences, fmt, wait: str | None, prefix: str | None, 
                 "delimiter is added by budget forcing itself)."
             )
     eos = set(seqs.eos if eos is None else eos)
-    attempts = eos | {seqs.end[0]}
-    for name, ids, banned in (
-        ("wait string", seqs.wait, attempts),
-        ("answer prefix", seqs.tail, attempts),
-        ("start delimiter", seqs.start, eos),
-        ("end delimiter", seqs.end, eos),
-        ("newline", seqs.newline, eos),
+    for name, ids in (
+        ("wait string", seqs.wait),
+        ("answer prefix", seqs.tail),
+        ("start delimiter", seqs.start),
+        ("end delimiter", seqs.end),
+        ("newline", seqs.newline),
     ):
-        clash = sorted(set(ids) & banned)
+        clash = sorted(set(ids) & eos)
         if clash:
-            what = "an EOS id" if set(clash) & eos else "the end delimiter's first token"
             raise ValueError(
-                f"The {name} (token ids {ids}) contains {what} {clash}; forcing it would end the row. Remove "
-                "that id from `eos_token_id` (of BudgetForcing or generate) or change the string."
+                f"The {name} (token ids {ids}) contains an EOS id {clash}; forcing it would end the row. "
+                "Remove that id from `eos_token_id` (of BudgetForcing or generate) or change the string."
             )
 
 
@@ -391,18 +389,20 @@ def eos_ids(seqs: Sequences, config_eos: int | Sequence[int] | None = None) -> t
     return sorted(set(seqs.eos) | set(config)), (config[0] if config else seqs.eos[0])
 
 
-def row_tensor(value: Budget, name: str, default: int, rows: int, device=None) -> torch.Tensor:
-    """A setting (int, per-prompt list or None) as one int64 per row (each prompt's value repeated
-    for its ``rows // len(value)`` consecutive rows, as ``num_return_sequences`` lays them out)."""
+def row_tensor(
+    value: Budget, name: str, default: int, rows: int, device=None, per_prompt: int = 1
+) -> torch.Tensor:
+    """A setting (int, per-prompt list or None) as one int64 per row: each prompt's value repeated
+    for its ``per_prompt`` consecutive rows (``num_return_sequences``, as generate lays them out)."""
     if value is None or isinstance(value, int):
         return torch.full((rows,), default if value is None else value, dtype=torch.long, device=device)
     values = [default if v is None else v for v in value]
-    if rows % len(values):
+    if len(values) * per_prompt != rows:
         raise ValueError(
-            f"`{name}` has {len(values)} entries but generate() produced {rows} rows; pass one value per "
-            "prompt (rows per prompt = num_return_sequences) or a single int."
+            f"`{name}` has {len(values)} entries but generate() got {rows // per_prompt} prompts; pass one "
+            "value per prompt, or a single int."
         )
-    return torch.tensor(values, dtype=torch.long, device=device).repeat_interleave(rows // len(values))
+    return torch.tensor(values, dtype=torch.long, device=device).repeat_interleave(per_prompt)
 
 
 # --------------------------------------------------------------------------------------- state
@@ -629,8 +629,8 @@ def advance(
 
 
 def finished(s: State) -> torch.Tensor:
-    """Per row: the answer ended (EOS) or reached its cap, so the row may stop now."""
-    return (s["phase"] == DONE) | ((s["phase"] == ANSWER) & (s["answer"] >= s["max_answer"]))
+    """Per row: the answer ended with EOS (its own, or the one forced at the answer cap)."""
+    return s["phase"] == DONE
 
 
 # ---------------------------------------------------------------------------------- statistics

@@ -6,7 +6,9 @@ Two formats ship:
   and ``<|im_start|>answer``; the answer ends with ``<|im_end|>``. The training text is
   ``<|im_start|>think\\n{thinking}\\n<|im_start|>answer\\n{answer}``.
 * ``"think"``: Qwen3, QwQ and DeepSeek-R1 distills. Thinking runs between exactly the single
-  tokens ``<think>`` and ``</think>``; nothing is added around them.
+  tokens ``<think>`` and ``</think>``; as in their chat templates, ``"\\n"`` follows ``<think>``
+  and ``"\\n\\n"`` follows ``</think>`` (``<think>\\n{thinking}\\n</think>\\n\\n{answer}``), so a
+  forced answer prefix is written ``</think>\\n\\nFinal Answer:``.
 
 Any other convention is a `ThinkingFormat`; delimiters may span several tokens.
 
@@ -117,7 +119,7 @@ class ThinkingSplitter:
     ``answer_start`` is where the answer begins in the raw text (None while there is no answer).
 
     Example:
-        >>> splitter = ThinkingSplitter(THINK_FORMAT)
+        >>> splitter = ThinkingSplitter(ThinkingFormat("plain", "<think>", "</think>"))
         >>> splitter.feed("<think>2 + 2 = 4</th")  # " = 4</th" may be the start of "</think>"
         [('thinking', ''), ('thinking', '2 + 2')]
         >>> splitter.feed("ink>4")
@@ -212,7 +214,11 @@ S1_FORMAT = ThinkingFormat(
     start_sep="\n",
     answer_sep="\n",
 )
-THINK_FORMAT = ThinkingFormat(name="think", start="<think>", end="</think>", single_token=True)
+# Qwen3's chat template renders a turn as "<think>\n" + reasoning + "\n</think>\n\n" + answer, and
+# DeepSeek-R1 distills write the same separators, so a forced end is "\n</think>\n\nFinal Answer:".
+THINK_FORMAT = ThinkingFormat(
+    name="think", start="<think>", end="</think>", start_sep="\n", answer_sep="\n\n", single_token=True
+)
 FORMATS: dict[str, ThinkingFormat] = {"s1": S1_FORMAT, "think": THINK_FORMAT}
 
 

@@ -6,7 +6,7 @@ Example:
     >>> from budget_forcing.generation import generate_rows
     >>> from budget_forcing.testing import tiny_model, tiny_tokenizer
     >>> tok = tiny_tokenizer(); tok.padding_side = "left"
-    >>> rows = generate_rows(tiny_model(tok), tok, ["What is 2 + 2?"], max=8, format="think", max_new_tokens=16)
+    >>> rows = generate_rows(tiny_model(tok), tok, ["What is 2 + 2?"], max=8, format="think", max_new_tokens=24)
     >>> rows[0].thinking_tokens
     8
 """

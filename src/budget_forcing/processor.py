@@ -206,7 +206,7 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
 
     @property
     def finished(self) -> torch.Tensor | None:
-        """Per row of the current call: the answer ended or reached its cap (None before a call)."""
+        """Per row of the current call: the answer ended with EOS (None before a call)."""
         return None if self._state is None else core.finished(self._state)
 
     @property
@@ -418,14 +418,15 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             self._seqs, vocab, ends_newline, is_space, device, eos_ids=eos, stop_id=stop_id
         )
         self._absorb_fn, self._step_fn = self._kernels()
+        per_prompt = (config.num_return_sequences or 1) if config is not None else 1
         prompts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=False)
         closers = [self.tokenizer.decode([e]) for e in eos]
         phase = torch.tensor([core.prompt_phase(p, self.format, closers) for p in prompts], device=device)
         s = core.init_state(
             self._tables,
             input_ids,
-            min=core.row_tensor(self.min, "min", 0, rows, device),
-            max=core.row_tensor(self.max, "max", core.UNLIMITED, rows, device),
+            min=core.row_tensor(self.min, "min", 0, rows, device, per_prompt),
+            max=core.row_tensor(self.max, "max", core.UNLIMITED, rows, device, per_prompt),
             num_waits=self.num_waits,
             max_answer=self.max_answer_tokens,
             phase=phase,

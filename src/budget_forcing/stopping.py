@@ -14,7 +14,8 @@ __all__ = ["BudgetForcingStoppingCriteria"]
 
 
 class BudgetForcingStoppingCriteria(StoppingCriteria):
-    """Stop a row when its answer is finished: EOS, the answer cap, or a stop string in the answer.
+    """Stop a row when its answer is finished: EOS (also the one forced at the answer cap, so a
+    capped row ends with EOS with or without this criteria) or a stop string in the answer.
 
     Stop strings inside thinking are ignored (lm-eval's ``"Question:"`` must not cut a reasoning
     trace), and so are strings that start before the answer, e.g. in the forced ``"Final Answer:"``.
@@ -37,17 +38,19 @@ class BudgetForcingStoppingCriteria(StoppingCriteria):
         self.processor = processor
         self.stop_strings = [s for s in stop_strings if s]
         self._matcher: StopStringCriteria | None = None
-        if self.stop_strings:
-            tokenizer = processor.tokenizer
-            self._matcher = StopStringCriteria(tokenizer=tokenizer, stop_strings=self.stop_strings)
-            # A token that shares no character with any stop string: it stands in for every
-            # non-answer token, so no match can reach back into thinking or the forced prefix.
-            chars = set("".join(self.stop_strings))
-            strings = token_strings(tokenizer)
-            neutral = next((i for i, t in enumerate(strings) if t and not (set(t) & chars)), None)
-            if neutral is None:
-                raise ValueError(f"Stop strings {self.stop_strings!r} use every character of the vocabulary.")
-            self._neutral = neutral
+        if self.stop_strings and processor.tokenizer is not None:
+            self._build(processor.tokenizer)
+
+    def _build(self, tokenizer) -> None:
+        self._matcher = StopStringCriteria(tokenizer=tokenizer, stop_strings=self.stop_strings)
+        # A token that shares no character with any stop string: it stands in for every
+        # non-answer token, so no match can reach back into thinking or the forced prefix.
+        chars = set("".join(self.stop_strings))
+        strings = token_strings(tokenizer)
+        neutral = next((i for i, t in enumerate(strings) if t and not (set(t) & chars)), None)
+        if neutral is None:
+            raise ValueError(f"Stop strings {self.stop_strings!r} use every character of the vocabulary.")
+        self._neutral = neutral
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         bf = self.processor
@@ -55,6 +58,8 @@ class BudgetForcingStoppingCriteria(StoppingCriteria):
         stop = bf.finished
         if stop is None:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.stop_strings and self._matcher is None:  # the tokenizer was resolved on the first step
+            self._build(bf.tokenizer)
         if self._matcher is not None:
             # Keep only the answer tokens of the tail the matcher looks at.
             tail = input_ids[:, -self._matcher.maximum_token_len :]
