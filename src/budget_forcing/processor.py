@@ -237,7 +237,7 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         s = self._state
         differs = s["live"] & (last != s["token"])
         padded = differs & (last == self._pad)
-        if bool((differs & ~padded).any()):
+        if self._owner is not None and bool((differs & ~padded).any()):  # inside generate only
             row = int((differs & ~padded).nonzero()[0, 0])
             raise RuntimeError(
                 f"Row {row}: budget forcing decided token {int(s['token'][row])} but generate appended "
