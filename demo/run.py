@@ -25,8 +25,10 @@ Every option is a field of :class:`DemoArguments`; the recipes' own options live
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,14 +134,24 @@ def _subprocess(cmd: list[str], log: Path, threads: int) -> None:
     print("$ " + " ".join(cmd), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     # Bytes as they come, so progress bars (which redraw with "\r") stay live on the terminal.
-    with (
-        log.open("wb") as f,
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc,
-    ):
-        assert proc.stdout is not None
-        while chunk := os.read(proc.stdout.fileno(), 65536):
-            f.write(chunk)
-            _echo(chunk)
+    # Its own process group, so an interrupt or an error here ends the stage and every worker it started.
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        with log.open("wb") as f:
+            assert proc.stdout is not None
+            while chunk := os.read(proc.stdout.fileno(), 65536):
+                f.write(chunk)
+                _echo(chunk)
+        proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} ... failed with exit code {proc.returncode}; see {log}")
 
