@@ -55,23 +55,12 @@ def prepare(workdir: Path, pool_size: int) -> tuple[Path, Path]:
 
 def train(model: Path, data: Path, out: Path, steps: int, env: dict[str, str]) -> float:
     """Seconds per optimizer step of the demo's SFT recipe (the trainer's ``train_runtime``)."""
+    from demo.run import sft_command
+
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "recipes/accelerate_configs/cpu.yaml",
-        "recipes/sft.py",
-        "--config",
-        "demo/configs/sft.yaml",
-        "--model_name_or_path",
-        str(model),
-        "--dataset_name",
-        str(data),
+        *sft_command("demo/configs/sft.yaml", model, data, out),
         "--answer_prefix",
         "",
-        "--output_dir",
-        str(out),
         "--max_steps",
         str(steps),
         "--logging_steps",

@@ -228,12 +228,9 @@ def stage_select(args: DemoArguments, out: Path, data: dict[str, Any]) -> dict[s
     return {"sft_data": str(sft_data), "reports": reports, "dir": str(sel_dir)}
 
 
-def stage_sft(
-    args: DemoArguments, out: Path, data: dict[str, Any], selection: dict[str, Any]
-) -> dict[str, Any]:
-    """The SFT recipe under ``accelerate launch`` on CPU."""
-    model_dir = out / "model"
-    cmd = [
+def sft_command(config: str, model: str | Path, data: str | Path, output_dir: str | Path) -> list[str]:
+    """The SFT recipe under ``accelerate launch`` in one CPU process, run from the repository root."""
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
@@ -241,14 +238,22 @@ def stage_sft(
         "recipes/accelerate_configs/cpu.yaml",
         "recipes/sft.py",
         "--config",
-        args.sft_config,
+        config,
         "--model_name_or_path",
-        data["init_model"],
+        str(model),
         "--dataset_name",
-        selection["sft_data"],
+        str(data),
         "--output_dir",
-        str(model_dir),
+        str(output_dir),
     ]
+
+
+def stage_sft(
+    args: DemoArguments, out: Path, data: dict[str, Any], selection: dict[str, Any]
+) -> dict[str, Any]:
+    """The SFT recipe under ``accelerate launch`` on CPU."""
+    model_dir = out / "model"
+    cmd = sft_command(args.sft_config, data["init_model"], selection["sft_data"], model_dir)
     if args.max_steps is not None:
         cmd += ["--max_steps", str(args.max_steps)]
     _subprocess(cmd, out / "logs" / "sft.log", args.threads)
