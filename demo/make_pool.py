@@ -85,10 +85,10 @@ FAMILIES = tuple(LEVELS)
 
 
 #: Share of traces whose first pass is followed by "Wait" and a step-by-step re-check: after the
-#: selection (which prefers long traces) about half the training traces, and a minority (~30%) of
-#: those as long as the evaluation questions, so the model learns the re-check without doing it
-#: unasked.
-P_WAIT = 0.3
+#: selection (which prefers long traces) most training traces, so the model learns the one-step
+#: arithmetic of the re-check, yet under half of those as long as the evaluation questions, so that
+#: greedy decoding ends a first pass there instead of re-checking unasked.
+P_WAIT = 0.4
 #: Operations a first pass does at once ("94+2+9+8=113"): quick, and where slips happen.
 CHUNK = 3
 #: Second "Wait" after a re-check: "Wait, the check stands: 113." (shares of 0, 1 and 2 confirmations).

@@ -2,9 +2,9 @@
 
 1. ``data``: a synthetic pool in s1's schema (:mod:`demo.make_pool`: addition, subtraction and
    mixed chains of small operations as domains, several difficulties, written-out traces: a quick
-   first pass, in 30% of them followed by "Wait" and a step-by-step re-check that fixes its slips),
+   first pass, in 40% of them followed by "Wait" and a step-by-step re-check that fixes its slips),
    a held-out evaluation set, the demo tokenizer (digits are single
-   tokens) and a randomly initialised ~0.8M-parameter Qwen2 model.
+   tokens) and a randomly initialised ~1M-parameter Qwen2 model.
 2. ``select``: the real selection recipe (``recipes/select_s1k.py all``): decontamination against the
    evaluation set, the untrained model as the difficulty filter's base model, math-verify grading,
    the task family as domain, s1's Algorithm 1.
@@ -56,8 +56,9 @@ class DemoArguments:
     )
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of the Qwen2 model."})
     num_layers: int = field(
-        default=5, metadata={"help": "Layers of the Qwen2 model (128 x 5: ~0.8M parameters)."}
+        default=4, metadata={"help": "Layers of the Qwen2 model (hidden 128, MLP 512, 4 layers: ~1M parameters)."}
     )
+    intermediate_size: int = field(default=512, metadata={"help": "MLP width of the Qwen2 model."})
     vocab_size: int = field(default=400, metadata={"help": "Vocabulary size of the demo tokenizer."})
     select_n: int | None = field(
         default=None, metadata={"help": "Questions to select; default: the selection config's."}
@@ -174,7 +175,13 @@ def stage_data(args: DemoArguments, out: Path) -> dict[str, Any]:
     pool_path = write_jsonl(pool, out / "data" / "pool.jsonl")
     eval_path = write_jsonl(eval_rows, out / "data" / "eval.jsonl")
     tokenizer = demo_tokenizer(tokenizer_corpus(pool), vocab_size=args.vocab_size)
-    model = tiny_model(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    model = tiny_model(
+        tokenizer,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        intermediate_size=args.intermediate_size,
+        seed=args.seed,
+    )
     model.generation_config.max_length = None
     init_dir = out / "init_model"
     tokenizer.save_pretrained(init_dir)

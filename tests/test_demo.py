@@ -15,6 +15,7 @@ from demo.make_pool import (
     CHUNK,
     FAMILIES,
     LEVELS,
+    P_WAIT,
     POOL_COLUMNS,
     make_eval_set,
     make_pool,
@@ -84,9 +85,9 @@ def test_traces_are_a_quick_first_pass_then_the_answer():
 
 
 def test_wait_rechecks_step_by_step_and_fixes_the_first_pass_slips():
-    rows = make_rows(1500, seed=5, p_wait=0.3)
+    rows = make_rows(1500, seed=5, p_wait=P_WAIT)
     checked = [r for r in rows if CHECK in r["thinking_trajectories"][0]]
-    assert 0.25 < len(checked) / len(rows) < 0.35
+    assert P_WAIT - 0.05 < len(checked) / len(rows) < P_WAIT + 0.05
     fixed = confirmed = extra_waits = 0
     for row in checked:
         lines = row["thinking_trajectories"][0].splitlines()

@@ -129,10 +129,10 @@ def tiny_model(
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     config_cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+    config_kwargs.setdefault("intermediate_size", 2 * hidden_size)
     config = config_cls(
         vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
