@@ -348,13 +348,12 @@ class _Rows:
         return torch.where(self.slot["sampling"][slots, None], race, logits)
 
 
-def _config_eos(vllm_config) -> list[int] | None:
+def _config_eos(model: str, revision: str | None = None) -> list[int] | None:
     """The model's generation-config EOS ids (vLLM stops on them too), if it has one."""
     from transformers import GenerationConfig
 
-    mc = vllm_config.model_config
     try:
-        return GenerationConfig.from_pretrained(mc.model, revision=mc.revision).eos_token_id
+        return GenerationConfig.from_pretrained(model, revision=revision).eos_token_id
     except (OSError, ValueError):
         return None
 
@@ -407,7 +406,12 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
             self._pending: list[tuple[int, Settings, Any]] = []
         tokenizer = _tokenizer(vllm_config)
         self._rows = _Rows(
-            tokenizer, vocab, slots, device, vllm_config.model_config.seed, _config_eos(vllm_config)
+            tokenizer,
+            vocab,
+            slots,
+            device,
+            vllm_config.model_config.seed,
+            _config_eos(vllm_config.model_config.model, vllm_config.model_config.revision),
         )
         self._outputs: list[list[int] | None] = [None] * slots  # V1: each slot's live output list
         self._lengths = np.zeros(slots, dtype=np.int64)  # V1: output length at the last step
