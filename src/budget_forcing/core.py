@@ -70,6 +70,7 @@ __all__ = [
     "prompt_phase",
     "init_state",
     "absorb",
+    "choosing",
     "needs_alternative",
     "advance",
     "finished",
@@ -533,12 +534,25 @@ def absorb(s: State, t: Tables, last: torch.Tensor) -> State:
     }
 
 
+def _free(s: State, t: Tables) -> tuple[torch.Tensor, torch.Tensor]:
+    """Thinking rows with nothing queued, and those of them at ``max``."""
+    free = (s["phase"] == THINK) & (s["pos"] >= t["seq_len"][s["seq"]])
+    return free, free & (s["think"] >= s["max"])
+
+
 def _free_attempts(s: State, t: Tables, choice: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Thinking rows free to choose, those at ``max``, and those whose choice attempts to end."""
-    free = (s["phase"] == THINK) & (s["pos"] >= t["seq_len"][s["seq"]])
-    at_max = free & (s["think"] >= s["max"])
+    free, at_max = _free(s, t)
     attempt = free & ~at_max & t["is_attempt"][choice]
     return free, at_max, attempt
+
+
+def choosing(s: State, t: Tables) -> torch.Tensor:
+    """Per row: the model's choice matters at the next `advance` (a thinking row with nothing
+    queued, below ``max``). Every other row emits a forced token or its own answer token, so an
+    adapter may skip looking at those rows' scores."""
+    free, at_max = _free(s, t)
+    return free & ~at_max
 
 
 def needs_alternative(s: State, t: Tables, choice: torch.Tensor) -> torch.Tensor:
