@@ -422,7 +422,7 @@ def test_server_concurrent_requests_with_different_budgets(model_dir, tok):
 
 # ------------------------------------------------------------------------------ stock lm-eval
 @pytest.mark.timeout(900)
-def test_stock_lm_eval_vllm_with_json_arguments(model_dir, tmp_path):
+def test_stock_lm_eval_vllm_with_json_arguments(model_dir, tmp_path, capsys):
     """`lm_eval --model vllm` unmodified: JSON model_args name the processor, JSON gen_kwargs carry
     the budget into SamplingParams.extra_args; every response is budget-forced."""
     import json
@@ -466,6 +466,14 @@ def test_stock_lm_eval_vllm_with_json_arguments(model_dir, tmp_path):
         response = sample["resps"][0][0]
         # The random model never stops: the budget ends thinking and forces the answer prefix.
         assert "Final Answer:" in response, response
+    # `budget-forcing stats` reads each sample's statistics back off its texts and extra_args.
+    from budget_forcing.cli import main as cli_main
+
+    files = [str(p) for p in out.rglob("samples_*.jsonl")]
+    assert cli_main(["stats", *files, "--tokenizer", str(model_dir)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    assert [(r["thinking_tokens"], r["waits"], r["forced_end"]) for r in rows] == [(12, 0, True)] * 3
 
 
 # --------------------------------------------------------------------------------- sampling

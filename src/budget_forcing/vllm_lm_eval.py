@@ -7,6 +7,9 @@ generation's statistics off its token ids (`budget_forcing.vllm.request_stats`) 
 ``BudgetForcingLM.budget_records``. ``benchmarks/scaling.py --backend vllm`` evaluates through it.
 The budget processor is added to ``logits_processors`` when the caller did not name it.
 
+For runs of the stock ``lm_eval --model vllm``, `samples_stats` (``budget-forcing stats
+SAMPLES.jsonl --tokenizer MODEL``) reads the same statistics off a ``--log_samples`` file.
+
 Example:
     >>> import lm_eval  # doctest: +SKIP
     >>> from budget_forcing.vllm_lm_eval import BudgetForcingVLLM  # doctest: +SKIP
@@ -20,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from typing import Any
 
 from budget_forcing._extras import require
@@ -31,7 +35,7 @@ from lm_eval.utils import hash_string  # noqa: E402
 
 from budget_forcing.vllm import BudgetForcing, _config_eos, request_stats, settings_from_params  # noqa: E402
 
-__all__ = ["BudgetForcingVLLM"]
+__all__ = ["BudgetForcingVLLM", "samples_stats"]
 
 _QUALIFIED = f"{BudgetForcing.__module__}:{BudgetForcing.__name__}"
 
@@ -97,3 +101,68 @@ class BudgetForcingVLLM(VLLM):
         if not self._outputs.get(key):
             raise RuntimeError("A request of this batch has no vLLM output; was the model reused?")
         return self._outputs[key].popleft()
+
+
+# ------------------------------------------------------------------- stats of a samples file
+def samples_stats(samples: Iterable[dict], tokenizer, config_eos=None) -> list[dict | None]:
+    """Per-sample budget statistics of ``lm_eval --model vllm ... --log_samples`` rows.
+
+    Each row's settings are its own ``extra_args`` (in ``arguments``); its prompt and response
+    texts are tokenized again, so counts can differ from the engine's by a token or two where the
+    model emitted a tokenization of the text other than the tokenizer's. Rows that did not opt in
+    to budget forcing give None.
+    """
+    from types import SimpleNamespace
+
+    rows: list[dict | None] = []
+    for sample in samples:
+        args = sample["arguments"]
+        first = args["gen_args_0"] if isinstance(args, dict) else {"arg_0": args[0][0], "arg_1": args[0][1]}
+        context, gen_kwargs = first["arg_0"], first["arg_1"] or {}
+        settings = settings_from_params(SimpleNamespace(extra_args=gen_kwargs.get("extra_args")))
+        if settings is None:
+            rows.append(None)
+            continue
+        prompt = tokenizer.encode(context, add_special_tokens=False)
+        generated = tokenizer.encode(sample["resps"][0][0], add_special_tokens=False)
+        out = SimpleNamespace(prompt_token_ids=prompt, outputs=[SimpleNamespace(token_ids=generated)])
+        (stats,) = request_stats(tokenizer, [out], settings, config_eos).as_rows()
+        rows.append({"doc_id": sample.get("doc_id"), "prompt_hash": sample.get("prompt_hash"), **stats})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``budget-forcing stats SAMPLES.jsonl --tokenizer MODEL``: one JSON line of statistics per
+    sample, then a summary line on stderr."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    parser = argparse.ArgumentParser(
+        prog="budget-forcing stats", description=samples_stats.__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("samples", type=Path, nargs="+", help="lm-eval samples_*.jsonl files")
+    parser.add_argument("--tokenizer", required=True, help="the model (or tokenizer) id or folder evaluated")
+    args = parser.parse_args(argv)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    eos = _config_eos(args.tokenizer)
+    total = skipped = 0
+    for path in args.samples:
+        samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for row in samples_stats(samples, tokenizer, eos):
+            total += 1
+            skipped += row is None
+            if row is not None:
+                print(json.dumps({"file": path.name, **row}))
+    print(
+        f"{total} samples, {total - skipped} budget-forced, {skipped} without budget settings",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
