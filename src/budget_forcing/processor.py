@@ -322,8 +322,8 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
                 # Greedy, nothing after us: generate takes the argmax itself, so all that matters
                 # is whether it may be an attempt. The best attempt score against the row's best
                 # score tells (the max of the values alone is many times faster than the argmax);
-                # a tie goes to the full step, which takes the exact first maximum.
-                hit = scores.index_select(1, t["attempt_ids"]).amax(-1) >= scores.amax(-1)
+                # a tie (or a NaN) goes to the full step, which takes the exact first maximum.
+                hit = ~(scores.index_select(1, t["attempt_ids"]).amax(-1) < scores.amax(-1))
             else:
                 hit = t["is_attempt"][choice]
             if w.watch is not None:
