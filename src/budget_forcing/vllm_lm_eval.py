@@ -29,6 +29,7 @@ from typing import Any
 from budget_forcing._extras import require
 
 require("lm_eval", "eval", "lm-eval's vLLM backend with budget statistics")
+require("vllm", "vllm", "lm-eval's vLLM backend with budget statistics")
 
 from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 from lm_eval.utils import hash_string  # noqa: E402
