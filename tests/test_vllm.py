@@ -422,7 +422,7 @@ def test_server_concurrent_requests_with_different_budgets(model_dir, tok):
 
 # ------------------------------------------------------------------------------ stock lm-eval
 @pytest.mark.timeout(900)
-def test_stock_lm_eval_vllm_with_json_arguments(model_dir, tmp_path):
+def test_stock_lm_eval_vllm_with_json_arguments(model_dir, tmp_path, capsys):
     """`lm_eval --model vllm` unmodified: JSON model_args name the processor, JSON gen_kwargs carry
     the budget into SamplingParams.extra_args; every response is budget-forced."""
     import json
@@ -466,6 +466,14 @@ def test_stock_lm_eval_vllm_with_json_arguments(model_dir, tmp_path):
         response = sample["resps"][0][0]
         # The random model never stops: the budget ends thinking and forces the answer prefix.
         assert "Final Answer:" in response, response
+    # `budget-forcing stats` reads each sample's statistics back off its texts and extra_args.
+    from budget_forcing.cli import main as cli_main
+
+    files = [str(p) for p in out.rglob("samples_*.jsonl")]
+    assert cli_main(["stats", *files, "--tokenizer", str(model_dir)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    assert [(r["thinking_tokens"], r["waits"], r["forced_end"]) for r in rows] == [(12, 0, True)] * 3
 
 
 # --------------------------------------------------------------------------------- sampling
@@ -507,3 +515,58 @@ def test_sampled_attempts_are_replaced_as_often_as_the_model_attempts(llm, tok, 
     print(f"replaced attempts: {observed} of {n} rows, expected {expected:.1f} (z = {z:.2f})")
     assert 0.1 * n < expected < 0.5 * n
     assert abs(z) < 4
+
+
+# ---------------------------------------------------------------- scaling sweep, vLLM backend
+def test_scaling_sweep_vllm_backend(llm, model_dir, tmp_path, monkeypatch):
+    """`benchmarks/scaling.py --backend vllm` (lm-eval's vllm model + the processor): the HF backend's
+    JSON, plot and cached runs, with exact per-question counts (the session engine serves it)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    import lm_eval.models.vllm_causallms as vllm_causallms
+
+    from budget_forcing.tasks import TASKS_DIR
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bf_scaling", repo / "benchmarks" / "scaling.py")
+    scaling = importlib.util.module_from_spec(spec)
+    sys.modules["bf_scaling"] = scaling  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(scaling)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "toy.jsonl").write_text(
+        "".join(
+            json.dumps({"problem": q, "answer": a}) + "\n" for q, a in [("2 + 2?", "4"), ("3 * 5?", "15")]
+        )
+    )
+    (tasks / "toy_bf.yaml").write_text(
+        f"include: {TASKS_DIR / 'math500_bf.yaml'}\ntask: toy_bf\n"
+        f"dataset_kwargs:\n  data_key: toy\n  hub_path: none\n  hub_split: test\n  data_file: {tasks / 'toy.jsonl'}\n"
+    )
+    monkeypatch.setattr(vllm_causallms, "LLM", lambda **kwargs: llm)  # no second engine start
+    config = scaling.SweepConfig(
+        model=str(model_dir), tasks=["toy_bf"], include_path=[str(tasks)], output_dir=str(tmp_path / "sweep"),
+        budgets=[4, 8], waits=[1], answer_tokens=4, batch_size=2, dtype="float32", format="s1",
+        backend="vllm", model_args="max_answer_tokens=3",
+    )  # fmt: skip
+    results = scaling.run_sweep(config)
+    out = Path(config.output_dir)
+    assert json.loads((out / "scaling.json").read_text()) == json.loads(json.dumps(results))
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    method = results["tasks"]["toy_bf"]["budget_forcing"]
+    points = method["points"]
+    assert [p["label"] for p in points] == ["max=4", "max=8", "max=8+1 waits"]
+    # The random model never ends thinking itself: every question thinks exactly up to its cap.
+    assert [p["thinking_tokens"] for p in points] == [[4, 4], [8, 8], [8, 8]]
+    assert [p["extra"]["forced_end"] for p in points] == [1.0, 1.0, 1.0]
+    assert [p["extra"]["num_waits"] for p in points] == [0, 0, 1]
+    assert method["control"] == 100.0 and {"scaling", "performance"} <= set(method)
+    # One cached run per point, keyed apart from the HF backend's; a rerun evaluates nothing.
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (out / "runs").glob("*.json")) == [
+        "max4", "max8", "max8-waits1"
+    ]  # fmt: skip
+    monkeypatch.setattr(vllm_causallms.VLLM, "generate_until", None)
+    assert scaling.run_sweep(config) == results

@@ -7,6 +7,8 @@ Subcommands:
   to watch it live).
 * ``eval`` (`budget_forcing.integrations.lm_eval`): lm-eval with the ``hf-budget-forcing`` model and
   the packaged ``*_bf`` tasks (``pip install 'budget-forcing[eval]'``); the arguments go to lm-eval.
+* ``stats`` (`budget_forcing.vllm_lm_eval`): per-sample budget statistics of a stock
+  ``lm_eval --model vllm --log_samples`` run.
 * ``select`` (`budget_forcing.selection`): the s1K data selection recipe.
 * ``sft`` (`budget_forcing.sft`): ``accelerate launch -m budget_forcing.sft``, the code of
   ``recipes/sft.py``; arguments before ``--`` go to accelerate, the rest to the recipe.
@@ -117,6 +119,14 @@ def _run_eval(argv: list[str]) -> int:
         ) from err
     result = cli_evaluate(argv)
     return result if isinstance(result, int) else 0
+
+
+def _run_stats(argv: list[str]) -> int:
+    try:
+        from budget_forcing.vllm_lm_eval import main as stats_main
+    except ImportError as err:
+        raise CLIError(f"`budget-forcing stats` needs vLLM and lm-eval ({err}).") from err
+    return stats_main(argv)
 
 
 def _run_select(argv: list[str]) -> int:
@@ -240,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stream", action="store_true", help="show thinking and answer live (batch size 1)")
 
     sub.add_parser("eval", help="run lm-eval with budget forcing (arguments go to lm-eval)", add_help=False)
+    sub.add_parser(
+        "stats",
+        help="budget statistics of `lm_eval --model vllm` samples (budget-forcing stats --help)",
+        add_help=False,
+    )
     sub.add_parser("select", help="s1K data selection (budget-forcing select --help)", add_help=False)
     sub.add_parser(
         "sft",
@@ -249,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_PASSTHROUGH = {"eval": _run_eval, "select": _run_select, "sft": _run_sft}
+_PASSTHROUGH = {"eval": _run_eval, "stats": _run_stats, "select": _run_select, "sft": _run_sft}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,7 @@ import operator
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -70,8 +71,14 @@ __all__ = [
     "prompt_phase",
     "init_state",
     "absorb",
+    "choosing",
     "needs_alternative",
     "advance",
+    "decide",
+    "Quiet",
+    "quiet",
+    "coast",
+    "forced_tokens",
     "finished",
     "stats",
     "check_budgets",
@@ -228,6 +235,7 @@ def build_tables(
     return {
         "is_eos": is_eos,
         "is_attempt": is_attempt,
+        "attempt_ids": is_attempt.nonzero().squeeze(1),
         "ends_newline": ends_newline.to(device),
         "is_space": is_space.to(device),
         "table": torch.tensor(
@@ -533,12 +541,25 @@ def absorb(s: State, t: Tables, last: torch.Tensor) -> State:
     }
 
 
+def _free(s: State, t: Tables) -> tuple[torch.Tensor, torch.Tensor]:
+    """Thinking rows with nothing queued, and those of them at ``max``."""
+    free = (s["phase"] == THINK) & (s["pos"] >= t["seq_len"][s["seq"]])
+    return free, free & (s["think"] >= s["max"])
+
+
 def _free_attempts(s: State, t: Tables, choice: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Thinking rows free to choose, those at ``max``, and those whose choice attempts to end."""
-    free = (s["phase"] == THINK) & (s["pos"] >= t["seq_len"][s["seq"]])
-    at_max = free & (s["think"] >= s["max"])
+    free, at_max = _free(s, t)
     attempt = free & ~at_max & t["is_attempt"][choice]
     return free, at_max, attempt
+
+
+def choosing(s: State, t: Tables) -> torch.Tensor:
+    """Per row: the model's choice matters at the next `advance` (a thinking row with nothing
+    queued, below ``max``). Every other row emits a forced token or its own answer token, so an
+    adapter may skip looking at those rows' scores."""
+    free, at_max = _free(s, t)
+    return free & ~at_max
 
 
 def needs_alternative(s: State, t: Tables, choice: torch.Tensor) -> torch.Tensor:
@@ -572,6 +593,18 @@ def advance(
         The new state, the token per row, and whether that token is decided here (forced tokens
         and free thinking tokens; the engine's own choice is left alone only for answer tokens).
     """
+    state, token, decided, replace = decide(s, t, choice, last)
+    if alternative is not None:
+        token = torch.where(replace, alternative, token)
+    return state, token, decided
+
+
+def decide(
+    s: State, t: Tables, choice: torch.Tensor, last: torch.Tensor
+) -> tuple[State, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`advance` without the alternative: also returns the rows whose token must be replaced by
+    their best non-attempt token (`needs_alternative`). Neither the state nor any other row's
+    token depends on that alternative, so a caller can pick it only when some row needs it."""
     phase, seq, pos, think = s["phase"], s["seq"], s["pos"], s["think"]
     queued = pos < t["seq_len"][seq]
     free, at_max, attempt = _free_attempts(s, t, choice)
@@ -587,8 +620,6 @@ def advance(
     wait = ignore & has_wait & (think + wait_len <= s["max"])
     force = at_max | (ignore & has_wait & ~wait)  # a Wait that would overflow max forces the end instead
     replace = skip | (ignore & ~has_wait)  # suppressed: the best non-attempt token instead
-    if alternative is not None:
-        choice = torch.where(replace, alternative, choice)
     ends = attempt & allowed  # natural end, or an EOS replaced by the whole end delimiter
     capped = (phase == ANSWER) & ~queued & (s["answer"] >= s["max_answer"])
 
@@ -600,7 +631,8 @@ def advance(
     pos = torch.where(starts, 0, pos)
     queued = queued | starts
 
-    # The token each row emits: its queued token, else its free thinking choice.
+    # The token each row emits: its queued token, else its free thinking choice (a replaced row
+    # is never queued, so the alternative can be put in afterwards).
     table = t["table"]
     token = torch.where(queued, table[seq, pos.clamp(max=table.shape[1] - 1)], choice)
     think = think + ((free & ~queued) | (queued & (seq == SEQ_WAIT)))
@@ -625,7 +657,82 @@ def advance(
         "fresh": fresh,
         "pending": (phase == ANSWER) & ~queued,  # answer tokens are sampled by the engine itself
     }
-    return state, token, queued | free
+    return state, token, queued | free, replace
+
+
+class Quiet(NamedTuple):
+    """The next steps in which no row meets an event fixed in advance (see `quiet`)."""
+
+    steps: int  #: for how many next steps only a row's own choice can change its course
+    choosing: bool  #: whether the model's choice matters to any row now (no token is forced on it)
+    thinking: torch.Tensor  #: rows that think freely in those steps
+    answering: torch.Tensor  #: rows that answer freely in those steps
+    queued: torch.Tensor | None  #: rows that emit queued (forced) tokens in those steps; None: none
+    watch: torch.Tensor | None  #: ``thinking | answering``; None when that is every row
+    watching: bool  #: whether any row is watched
+
+
+def quiet(s: State, t: Tables, rows: torch.Tensor | None = None) -> Quiet:
+    """How many next steps are free of events fixed in advance, for the rows in ``rows`` (all if None).
+
+    Those events are the last token of a forced sequence (the row changes phase), thinking
+    reaching ``max`` and the answer reaching its cap. In such a step a queued row emits its next
+    forced token, ``t["table"][seq, pos]``, and any other row's course changes only if its choice
+    is an attempt to end (thinking) or an EOS (answer), i.e. ``t["is_attempt"][choice]`` for a
+    ``watch`` row. While none is, `coast` applies any number of steps at once and equals that many
+    `advance` + `absorb` steps (each row's token being its forced one or its choice). One host sync.
+    """
+    phase = s["phase"]
+    left = t["seq_len"][s["seq"]] - s["pos"]  # forced tokens still queued
+    queued = left > 0
+    thinking, answering = phase == THINK, phase == ANSWER
+    room = torch.where(thinking, s["max"] - s["think"], s["max_answer"] - s["answer"])
+    room = torch.where(thinking | answering, room, UNLIMITED)
+    room = torch.where(queued, left - 1, room)
+    if rows is not None:
+        room = room.masked_fill(~rows, UNLIMITED)
+        queued = queued & rows
+    # A row at max or at the answer cap is forced whatever it chose; a queued one too.
+    choosing = ~queued & (room > 0)
+    if rows is not None:
+        choosing = choosing & rows
+    thinking, answering = thinking & choosing, answering & choosing
+    watch = thinking | answering
+    steps, *flags = torch.stack([room.min(), choosing.any(), watch.all(), watch.any(), queued.any()]).tolist()
+    any_choosing, all_watched, watching, any_queued = map(bool, flags)
+    return Quiet(
+        steps,
+        any_choosing,
+        thinking,
+        answering,
+        queued if any_queued else None,
+        None if all_watched else watch,
+        watching,
+    )
+
+
+def coast(s: State, steps: int, q: Quiet) -> State:
+    """``steps`` quiet steps of `quiet`'s window ``q`` at once: each thinking row thinks ``steps``
+    more tokens (and is no longer fresh), each answering row answers ``steps`` more, each queued
+    row moves ``steps`` tokens on (an injected Wait counts as thinking)."""
+    if not steps:
+        return s
+    s = {
+        **s,
+        "think": s["think"] + steps * q.thinking,
+        "answer": s["answer"] + steps * q.answering,
+        "fresh": s["fresh"] & ~q.thinking,
+    }
+    if q.queued is not None:
+        s["pos"] = s["pos"] + steps * q.queued
+        s["think"] = s["think"] + steps * (q.queued & (s["seq"] == SEQ_WAIT))
+    return s
+
+
+def forced_tokens(s: State, t: Tables, q: Quiet, step: int) -> torch.Tensor:
+    """The token each queued row of window ``q`` emits ``step`` steps after `quiet` (others: any id)."""
+    table = t["table"]
+    return table[s["seq"], (s["pos"] + step).clamp(max=table.shape[1] - 1)]
 
 
 def finished(s: State) -> torch.Tensor:

@@ -28,7 +28,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import (
+    EosTokenCriteria,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    MaxLengthCriteria,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from budget_forcing import core
 from budget_forcing.core import Budget, BudgetStats
@@ -151,10 +160,12 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         self._given_tokenizer = tokenizer is not None
         self._resolved_from = None  # what the tokenizer was resolved from (a model's name_or_path)
         self._owner = None  # the generation config of the generate call the state belongs to
+        self._bound: _Bound | None = None  # this processor's entry in that call's processor list
         self._state: core.State | None = None
         self._rows = self._length = -1
         self._compiled: tuple | None = None
-        self._depth = 2  # frames from __call__ up to generate's decoding loop (see _caller)
+        self._table_cache: tuple | None = None  # (key, tables) of the last call
+        self._quiet = self._lazy = 0  # steps left in the current quiet window, steps not applied yet
         if tokenizer is not None:
             self._use_tokenizer(tokenizer)
 
@@ -187,7 +198,7 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
 
     def reset(self) -> None:
         """Forget the state of the last ``generate`` call (a new call is also detected on its own)."""
-        self._owner, self._state = None, None
+        self._owner, self._state, self._bound = None, None, None
 
     def stopping_criteria(self, stop_strings: Sequence[str] = ()) -> BudgetForcingStoppingCriteria:
         """A stopping criteria that ends rows at the answer cap or at a stop string in the answer."""
@@ -202,6 +213,7 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             raise RuntimeError(
                 "No statistics yet: pass the processor to model.generate(logits_processor=[...])."
             )
+        self._settle()
         return core.stats(self._state)
 
     @property
@@ -215,14 +227,19 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         the answer; the forced answer prefix is not counted). None before a call."""
         if self._state is None:
             return None
+        self._settle()
         s = self._state
         return torch.where(s["phase"] == core.ANSWER, s["answer"], 0)
 
     def finish_rows(self, rows: torch.Tensor) -> None:
         """Mark rows (a bool per row) as finished: the caller stops them, so their statistics freeze."""
-        if self._state is not None:
-            s = self._state
-            s["phase"] = s["phase"].masked_fill(rows.to(s["phase"].device), core.DONE)
+        if self._state is None:
+            return
+        rows = rows.to(self._live.device) & (self._state["phase"] != core.DONE)
+        if bool(rows.any()):
+            self._settle()
+            self._state["phase"] = self._state["phase"].masked_fill(rows, core.DONE)
+            self._quiet, self._window = 0, self._window._replace(choosing=True)
 
     def absorb(self, input_ids: torch.LongTensor) -> None:
         """Check the tokens generate appended against the ones decided (idempotent per length).
@@ -233,59 +250,142 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         if self._state is None or input_ids.shape[1] <= self._length:
             return
         self._length = input_ids.shape[1]
-        last = input_ids[:, -1].to(self._state["token"].device)
-        s = self._state
-        differs = s["live"] & (last != s["token"])
+        if self._token is None:  # a quiet greedy step: generate's own argmax, no attempt among them
+            return
+        last = input_ids[:, -1].to(self._token.device)
+        # One comparison in the common case: every live row got the token decided for it.
+        if (
+            torch.equal(last, self._token)
+            if self._all_live
+            else not bool((self._live & (last != self._token)).any())
+        ):
+            return
+        differs = self._live & (last != self._token)
         padded = differs & (last == self._pad)
         if self._owner is not None and bool((differs & ~padded).any()):  # inside generate only
             row = int((differs & ~padded).nonzero()[0, 0])
             raise RuntimeError(
-                f"Row {row}: budget forcing decided token {int(s['token'][row])} but generate appended "
+                f"Row {row}: budget forcing decided token {int(self._token[row])} but generate appended "
                 f"{int(last[row])}: something after the logits processors changed it (a custom sampler?). "
                 "Remove it, or apply it as a logits processor."
             )
-        s["live"] = s["live"] & ~padded
+        self._stop(padded)
+
+    def _stop(self, rows: torch.Tensor) -> None:
+        """Rows that generate stopped (padded, or ended by a stopping criteria): they freeze."""
+        self._settle()
+        self._live = self._live & ~rows.to(self._live.device)
+        self._all_live, self._quiet = False, 0
+
+    def _settle(self) -> None:
+        """Apply the quiet steps taken since the window opened (see `budget_forcing.core.quiet`)."""
+        if self._lazy:
+            self._state = core.coast(self._state, self._lazy, self._window)
+            self._lazy = 0
 
     # --------------------------------------------------------------------------------- the hot path
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        call = self._caller()
+        # Inside generate only the first step of a call gets here: `_begin` puts a `_Bound` in its
+        # place in that call's processor list, which runs the later steps.
+        call = _read_generate()
         if call.config is not None:  # generate deep-copies its config per call: identity marks the call
             new_call = call.config is not self._owner
         else:  # called outside generate(): within one call every step adds exactly one token
             new_call = input_ids.shape[0] != self._rows or input_ids.shape[1] != self._length + 1
         if self._state is None or new_call:
             self._begin(input_ids, scores, call)
-            self._owner = call.config
         else:
             self.absorb(input_ids)
-        if call.unfinished is not None:
-            self._state["live"] = self._state["live"] & call.unfinished.bool().to(self._state["live"].device)
         return self._step(input_ids, scores)
 
     def _step(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._picked = False  # whether the processors after this one ran on a copy (`_pick`)
+        if input_ids.shape[1] >= self._stop_length:  # generate's look-ahead step after max_length
+            self._forced_rows = None
+            return scores
+        if self._quiet:
+            return self._coast(input_ids, scores)
+        # Forced tokens only (the start, a Wait, the end): under greedy decoding no max pass.
+        choice = self._pick(input_ids, scores) if self._window.choosing or self._sampling else None
+        return self._decide(input_ids, scores, choice)
+
+    def _coast(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """A step of a quiet window (`budget_forcing.core.quiet`): queued rows emit their next forced
+        token; any other row's course changes only if its choice is an attempt (or an EOS in the
+        answer), which sends the step to `_decide`. The counts are applied later, all at once."""
+        w, t = self._window, self._tables
+        choice = None
+        if not self._plain and (w.choosing or self._sampling):
+            choice = self._pick(input_ids, scores)
+        if w.watching:
+            if self._plain:
+                # Greedy, nothing after us: generate takes the argmax itself, so all that matters
+                # is whether it may be an attempt. The best attempt score against the row's best
+                # score tells (the max of the values alone is many times faster than the argmax);
+                # a tie (or a NaN) goes to the full step, which takes the exact first maximum.
+                hit = ~(scores.index_select(1, t["attempt_ids"]).amax(-1) < scores.amax(-1))
+            else:
+                hit = t["is_attempt"][choice]
+            if w.watch is not None:
+                hit = hit & w.watch
+            if bool(hit.any()):
+                return self._decide(
+                    input_ids, scores, self._pick(input_ids, scores) if choice is None else choice
+                )
+        token = choice
+        if w.queued is not None:
+            forced = core.forced_tokens(self._state, t, w, self._lazy)
+            token = forced if choice is None else torch.where(w.queued, forced, choice)
+        self._quiet -= 1
+        self._lazy += 1
+        # The tokens decided here (None: some rows take generate's own argmax, which is no attempt).
+        self._token = token if choice is not None or not w.choosing else None
+        if self._force_all:
+            return self._force(scores, token, self._live)
+        every = not w.choosing and self._all_live  # every row is queued
+        return self._force(scores, token, self._live if every else w.queued)
+
+    def _decide(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, choice: torch.Tensor | None
+    ) -> torch.FloatTensor:
+        """A full step of every row's state machine."""
+        self._settle()
         s, t = self._state, self._tables
-        # What the model would emit now: the argmax, or a sample from the final distribution.
-        choice = self._pick(input_ids, scores)
+        last = input_ids[:, -1].to(s["phase"].device)
+        # With no choice every row's token is forced (or frozen): any ids do as the choice.
+        new, token, _, replace = self._step_fn(s, t, last if choice is None else choice, last)
         # Rows whose attempt is skipped or suppressed take the best (or a sampled) non-attempt token.
-        alternative = None
-        if bool(core.needs_alternative(s, t, choice).any()):
+        if choice is not None and bool(replace.any()):
             alternative = self._pick(input_ids, scores.masked_fill(t["is_attempt"], float("-inf")))
-        new, token, _ = self._step_fn(s, t, choice, input_ids[:, -1], alternative)
+            token = torch.where(replace, alternative, token)
         # Every row's token is known now (the answer's too: it is ``choice``), so count it at once:
         # the statistics are then exact whichever criterion ends generate. Stopped rows freeze.
         new = self._absorb_fn(new, t, token)
-        live = s["live"]
-        self._state = {k: torch.where(live, v, s[k]) if k != "live" else v for k, v in new.items()}
-        self._state["token"] = token
+        if not self._all_live:
+            new = {k: torch.where(self._live, v, s[k]) for k, v in new.items()}
+        self._state, self._token = new, token
+        # The next steps in which no row meets a fixed event (one host sync).
+        self._window = core.quiet(new, t, None if self._all_live else self._live)
+        self._quiet = self._window.steps
         # Force on a copy, only where needed: -inf everywhere but the token, so that nothing before
         # or after this processor undoes it. Under sampling (and with processors after us) every
         # row; under plain greedy only rows whose token is not already the argmax.
-        change = live if self._force_all else live & (token != choice)
+        if self._force_all or choice is None:
+            return self._force(scores, token, self._live)
+        return self._force(scores, token, self._live & (token != choice))
+
+    def _force(self, scores: torch.FloatTensor, token: torch.Tensor, rows: torch.Tensor | None):
+        """``scores`` with ``token`` forced in ``rows`` (on a copy; None: no row)."""
         self._forced_rows = None
-        if not bool(change.any()):
+        if rows is None:
+            return scores
+        if rows is self._live and self._all_live:  # every row: no copy of the scores needed
+            self._forced_rows, self._forced_tokens = _ALL, token
+            return torch.full_like(scores, float("-inf")).scatter_(1, token[:, None], 0.0)
+        if not bool(rows.any()):
             return scores
         out = scores.clone()
-        rows = change.nonzero().squeeze(1)
+        rows = rows.nonzero().squeeze(1)
         out[rows] = float("-inf")
         out[rows, token[rows]] = 0.0
         self._forced_rows, self._forced_tokens = rows, token[rows]
@@ -294,64 +394,12 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     def _pick(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.LongTensor:
         # Apply what generate applies after us (sampling warpers, later processors), on copies.
         final = scores
+        self._picked = bool(self._downstream)
         for processor in self._downstream:
             final = processor(input_ids, final.clone())
         if not self._sampling:
             return final.max(-1).indices  # faster than argmax on CPU; same first-maximum rule
         return torch.multinomial(torch.softmax(final, dim=-1), num_samples=1).squeeze(1)
-
-    # ------------------------------------------------------------------------------ call detection
-    def _caller(self) -> _Call:
-        """What the calling ``generate`` is doing, read from its frames (the one place that does).
-
-        A logits processor gets no handle on ``generate``'s configuration, and transformers has no
-        public way to learn the decoding mode, the EOS ids or which rows it has stopped. So this
-        reads the locals of generate's decoding loop (``_sample``): cheaply each step at the depth
-        found before, with a full walk only when a call starts or the depth changed. Outside
-        ``generate`` (direct calls) nothing is found and new calls are told apart by shape.
-        """
-        frame = sys._getframe(self._depth)
-        if frame is not None and frame.f_code.co_name == "_sample":
-            local = frame.f_locals
-            config = local.get("generation_config")
-            if config is self._owner and config is not None:
-                return _Call(config, local.get("unfinished_sequences"))
-        return self._walk()
-
-    def _walk(self) -> _Call:
-        frame, depth = sys._getframe(2), 2  # above __call__ and _caller
-        processors = None
-        generate_locals: dict = {}
-        for _ in range(12):
-            if frame is None:
-                break
-            local = frame.f_locals
-            owner = local.get("self")
-            if isinstance(owner, LogitsProcessorList) and processors is None:
-                processors = owner
-            config = local.get("generation_config")
-            if isinstance(config, GenerationConfig):
-                if frame.f_code.co_name != "_sample":
-                    raise ValueError(
-                        f"BudgetForcing supports greedy decoding and sampling (num_beams=1); generate() is "
-                        f"running {frame.f_code.co_name!r} (beam search or assisted/speculative decoding). "
-                        "Use num_beams=1 and no assistant_model / prompt_lookup_num_tokens."
-                    )
-                self._depth = depth - 1  # seen from __call__, one frame less
-                outer = frame.f_back
-                for _ in range(4):  # generate() itself: the tokenizer a caller passed, and the model
-                    if outer is None or outer.f_code.co_name == "generate":
-                        break
-                    outer = outer.f_back
-                if outer is not None:
-                    generate_locals = outer.f_locals
-                mode_kwargs = generate_locals.get("generation_mode_kwargs") or {}
-                tokenizer = generate_locals.get("tokenizer") or mode_kwargs.get("tokenizer")
-                return _Call(
-                    config, local.get("unfinished_sequences"), processors, tokenizer, local.get("self")
-                )
-            frame, depth = frame.f_back, depth + 1
-        return _Call(None, None, processors)
 
     # ------------------------------------------------------------------------------------- a call
     def _resolve_tokenizer(self, call: _Call) -> None:
@@ -403,6 +451,7 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         self._sampling = bool(config is not None and config.do_sample)
         self._downstream = self._after_me(call.processors)
         self._force_all = self._sampling or bool(self._downstream)
+        self._plain = not self._force_all and config is not None  # greedy in generate, nothing after us
         if self._downstream:
             self._protect(call.processors)
 
@@ -413,17 +462,21 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         pad = None if config is None else config.pad_token_id
         self._pad = torch.tensor(-1 if pad is None else pad, device=device)
 
-        ends_newline, is_space = core.vocab_flags(self.tokenizer, vocab, device)
-        self._tables = core.build_tables(
-            self._seqs, vocab, ends_newline, is_space, device, eos_ids=eos, stop_id=stop_id
-        )
+        key = (id(self.tokenizer), self._seqs, vocab, device, tuple(eos), stop_id)
+        if self._table_cache is None or self._table_cache[0] != key:  # per vocabulary, not per call
+            ends_newline, is_space = core.vocab_flags(self.tokenizer, vocab, device)
+            tables = core.build_tables(
+                self._seqs, vocab, ends_newline, is_space, device, eos_ids=eos, stop_id=stop_id
+            )
+            self._table_cache = (key, tables)
+        self._tables = t = self._table_cache[1]
         self._absorb_fn, self._step_fn = self._kernels()
         per_prompt = (config.num_return_sequences or 1) if config is not None else 1
         prompts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=False)
         closers = [self.tokenizer.decode([e]) for e in eos]
         phase = torch.tensor([core.prompt_phase(p, self.format, closers) for p in prompts], device=device)
         s = core.init_state(
-            self._tables,
+            t,
             input_ids,
             min=core.row_tensor(self.min, "min", 0, rows, device, per_prompt),
             max=core.row_tensor(self.max, "max", core.UNLIMITED, rows, device, per_prompt),
@@ -431,13 +484,41 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             max_answer=self.max_answer_tokens,
             phase=phase,
         )
-        self._state = {
-            **s,
-            "live": torch.ones(rows, dtype=torch.bool, device=device),
-            "token": torch.zeros(rows, dtype=torch.long, device=device),
-        }
         if config is not None:
             self._check_room(config, length, s)
+        self._state, self._token = s, torch.zeros(rows, dtype=torch.long, device=device)
+        self._live, self._all_live = torch.ones(rows, dtype=torch.bool, device=device), True
+        # The first step is a full one; it opens the first quiet window.
+        self._window = core.Quiet(0, True, s["phase"] < 0, s["phase"] < 0, None, None, False)
+        self._quiet = self._lazy = 0
+        self._forced_rows = None
+        self._owner, self._bound = config, None
+        self._stop_length = sys.maxsize
+        if call.criteria is not None:
+            self._watch_criteria(call.criteria)
+        if call.config is not None and call.processors is not None:
+            self._bind(call.processors)
+
+    def _bind(self, processors: LogitsProcessorList) -> None:
+        """Run this call's later steps through a `_Bound` in this processor's place in generate's
+        list (built afresh per call), so they need no check for a new call."""
+        i = [id(p) for p in processors].index(id(self))
+        self._bound = processors[i] = _Bound(self)
+
+    def _watch_criteria(self, criteria: StoppingCriteriaList) -> None:
+        """Learn which rows generate stops, as it stops them (they freeze), from its criteria.
+
+        Rows ending with EOS are finished already, rows our own criteria stop are marked by it,
+        and the length limit stops every row at once (its look-ahead step is skipped), so only
+        the other criteria (stop strings, custom ones) are watched, each with one check per step.
+        """
+        from budget_forcing.stopping import BudgetForcingStoppingCriteria
+
+        for i, criterion in enumerate(criteria):
+            if isinstance(criterion, MaxLengthCriteria):
+                self._stop_length = min(self._stop_length, criterion.max_length)
+            elif not isinstance(criterion, (EosTokenCriteria, BudgetForcingStoppingCriteria, _Watch)):
+                criteria[i] = _Watch(criterion, self)
 
     def _after_me(self, processors) -> list:
         """The processors generate runs after this one in its list (the sampling warpers, ...)."""
@@ -462,11 +543,11 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
     def _kernels(self):
         """The state-update functions, compiled (cached per processor) where that pays off."""
         if not self.compile:
-            return core.absorb, core.advance
+            return core.absorb, core.decide
         if self._compiled is None:
             self._compiled = (
                 _fallback(torch.compile(core.absorb, dynamic=True), core.absorb),
-                _fallback(torch.compile(core.advance, dynamic=True), core.advance),
+                _fallback(torch.compile(core.decide, dynamic=True), core.decide),
             )
         return self._compiled
 
@@ -497,28 +578,118 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
 
 
 class _Call(NamedTuple):
-    """What `BudgetForcingLogitsProcessor._caller` learned about the calling ``generate``."""
+    """What `_read_generate` learned about the calling ``generate``."""
 
-    config: GenerationConfig | None
-    unfinished: torch.Tensor | None
+    config: GenerationConfig | None = None
     processors: LogitsProcessorList | None = None
+    criteria: StoppingCriteriaList | None = None
     tokenizer: PreTrainedTokenizerBase | None = None
     model: object | None = None
 
 
+def _read_generate() -> _Call:
+    """What the calling ``generate`` is doing, read from its frames: the one place that does.
+
+    A logits processor gets no handle on ``generate``'s call: transformers (5.0 to 5.x) offers no
+    public way to learn the decoding mode, the EOS ids, the processor and stopping-criteria lists
+    of the call or the tokenizer passed to it. So this reads the locals of its decoding loop
+    (``_sample``) and of ``generate`` itself, once per call (later steps run through `_Bound`).
+    Outside ``generate`` (direct calls) it finds no config, and new calls are told apart by shape.
+    """
+    frame = sys._getframe(2)  # above __call__ and this function
+    processors = None
+    for _ in range(12):
+        if frame is None:
+            break
+        code = frame.f_code
+        if processors is None and code.co_name == "__call__":
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, LogitsProcessorList):
+                processors = owner
+        elif "generation_config" in code.co_varnames:
+            local = frame.f_locals
+            config = local.get("generation_config")
+            if isinstance(config, GenerationConfig):
+                if code.co_name != "_sample":
+                    raise ValueError(
+                        f"BudgetForcing supports greedy decoding and sampling (num_beams=1); generate() is "
+                        f"running {code.co_name!r} (beam search or assisted/speculative decoding). "
+                        "Use num_beams=1 and no assistant_model / prompt_lookup_num_tokens."
+                    )
+                outer = frame.f_back
+                for _ in range(4):  # generate() itself: the tokenizer a caller passed
+                    if outer is None or outer.f_code.co_name == "generate":
+                        break
+                    outer = outer.f_back
+                generate_locals = outer.f_locals if outer is not None else {}
+                mode_kwargs = generate_locals.get("generation_mode_kwargs") or {}
+                criteria = local.get("stopping_criteria")
+                return _Call(
+                    config,
+                    local.get("logits_processor", processors),
+                    criteria if isinstance(criteria, StoppingCriteriaList) else None,
+                    generate_locals.get("tokenizer") or mode_kwargs.get("tokenizer"),
+                    local.get("self"),
+                )
+        frame = frame.f_back
+    return _Call(processors=processors)
+
+
+class _Bound(LogitsProcessor):
+    """Budget forcing's place in one ``generate`` call's processor list after its first step."""
+
+    def __init__(self, owner: BudgetForcingLogitsProcessor) -> None:
+        self.owner = owner
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        owner = self.owner
+        if owner._bound is not self:  # reset (or another call) since: start over
+            return owner(input_ids, scores)
+        owner.absorb(input_ids)
+        return owner._step(input_ids, scores)
+
+
+class _Watch(StoppingCriteria):
+    """Runs a stopping criteria of generate and tells budget forcing which rows it stopped."""
+
+    def __init__(self, inner: StoppingCriteria, owner: BudgetForcingLogitsProcessor) -> None:
+        self.inner, self.owner = inner, owner
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        stop = self.inner(input_ids, scores, **kwargs)
+        rows = torch.as_tensor(stop)  # custom criteria may return one bool for every row
+        if self.owner._state is not None and bool(rows.any()):
+            self.owner._stop(rows)
+        return stop
+
+
+_ALL = "all"  # `_force` forced every row
+
+
 class _Reforce(LogitsProcessor):
-    """Runs a processor placed after budget forcing, then forces the rows it forced again."""
+    """Runs a processor placed after budget forcing, then forces the rows it forced again.
+
+    When every row is forced and it already ran this step (on the copy where budget forcing
+    picked the model's choice) it is skipped: its output would be replaced entirely. So each
+    processor after budget forcing runs once per step.
+    """
 
     def __init__(self, inner: LogitsProcessor, owner: BudgetForcingLogitsProcessor) -> None:
         self.inner, self.owner = inner, owner
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        owner = self.owner
+        rows = getattr(owner, "_forced_rows", None)
+        if rows is _ALL and owner._picked:
+            return scores
         out = self.inner(input_ids, scores)
-        rows = getattr(self.owner, "_forced_rows", None)
-        if rows is None or not rows.numel():
+        if rows is None:
             return out
-        out[rows] = float("-inf")  # in place: ``out`` is a copy made after budget forcing's own
-        out[rows, self.owner._forced_tokens] = 0.0
+        # In place: ``out`` is a copy made after budget forcing's own.
+        if rows is _ALL:
+            return out.fill_(float("-inf")).scatter_(1, owner._forced_tokens[:, None], 0.0)
+        out[rows] = float("-inf")
+        out[rows, owner._forced_tokens] = 0.0
         return out
 
 

@@ -141,7 +141,8 @@ def _group(tokenizer, settings: Settings, vocab: int, flags, config_eos=None) ->
     core.check_sequences(seqs, fmt, wait, prefix, eos)
     core.check_vocab(seqs, eos, vocab)
     t = core.build_tables(seqs, vocab, *flags, flags[0].device, eos_ids=eos, stop_id=stop_id)
-    return _Group(fmt, t, [tokenizer.decode([e]) for e in eos], tokenizer, int(t["is_attempt"].sum()))
+    t["attempt_ids"] = t["is_attempt"].nonzero().squeeze(1)
+    return _Group(fmt, t, [tokenizer.decode([e]) for e in eos], tokenizer, len(t["attempt_ids"]))
 
 
 def _limits(settings: Sequence[Settings]) -> dict:
@@ -168,6 +169,8 @@ class _Rows:
         self.flags = core.vocab_flags(tokenizer, vocab_size, self.device)
         self.groups: list[_Group] = []
         self._group_of: dict[tuple, int] = {}
+        self.attempt_ids = torch.zeros(0, dtype=torch.long, device=self.device)  # of any group
+        self.placeholder = 0  # an id no group takes for an attempt to end
         self.state: core.State | None = None
         self.proposed: core.State | None = None
         zeros = torch.zeros(slots, dtype=torch.long, device=self.device)
@@ -177,6 +180,10 @@ class _Rows:
             "group": zeros.clone(),
             "last": zeros.clone(),  # the slot's last token (prompt or output)
             "token": zeros.clone(),  # the token proposed at the last step
+            # What an attempt to end would have emitted at the last step, and whether emitting that
+            # token there means the model attempted (see `_greedy`).
+            "outcome": zeros.clone(),
+            "attempt_won": torch.zeros(slots, dtype=torch.bool, device=self.device),
             "temperature": torch.ones(slots, device=self.device),
             "top_k": torch.full((slots,), vocab_size, dtype=torch.long, device=self.device),
             "top_p": torch.ones(slots, device=self.device),
@@ -199,46 +206,74 @@ class _Rows:
         if key not in self._group_of:
             self._group_of[key] = len(self.groups)
             self.groups.append(_group(self.tokenizer, settings, self.vocab, self.flags, self.config_eos))
+            attempt = torch.stack([g.tables["is_attempt"] for g in self.groups]).any(0)
+            self.attempt_ids = attempt.nonzero().squeeze(1)
+            self.placeholder = int((~attempt).int().argmax())
         return self._group_of[key]
 
-    def add(self, slot: int, settings: Settings | None, params, prompt: Sequence[int], output: Sequence[int]):
-        """Start (or resume, with the ``output`` generated before a preemption) a request in ``slot``."""
-        self.remove(slot)
-        if settings is None:
-            return
-        try:
-            group = self.tables(settings)
-        except ValueError as err:  # e.g. a wait string this tokenizer cannot encode
-            logger.error("Budget forcing is off for a request: %s", err)
-            return
+    def add(self, requests: Sequence[tuple]) -> None:
+        """Start (or resume, with the output generated before a preemption) requests, each given as
+        ``(slot, settings, params, prompt, output)``; a request whose settings are None runs untouched."""
+        by_group: dict[int, list[tuple]] = {}
+        for slot, settings, params, prompt, output in requests:
+            self.remove(slot)
+            if settings is None:
+                continue
+            try:
+                group = self.tables(settings)
+            except ValueError as err:  # e.g. a wait string this tokenizer cannot encode
+                logger.error("Budget forcing is off for a request: %s", err)
+                continue
+            output = [i for i in output if i >= 0]
+            by_group.setdefault(group, []).append((slot, settings, params, list(prompt), output))
+        for group, items in by_group.items():
+            self._start(group, items)
+
+    def _start(self, group: int, items: list[tuple]) -> None:
+        """Write the state of requests of one group into their slots, all at once."""
         g = self.groups[group]
-        output = [i for i in output if i >= 0]
-        row = replay(g.tables, [list(prompt)], [output], **_limits([settings]), phase=[g.phase(prompt)])
+        slots, settings, params, prompts, outputs = (list(x) for x in zip(*items))
+        limits, phase = _limits(settings), [g.phase(p) for p in prompts]
+        if any(outputs):  # resumed: replay what they generated
+            rows = replay(g.tables, prompts, outputs, **limits, phase=phase)
+        else:  # new: with `phase` given, the prompt ids themselves are not read
+            rows = core.init_state(
+                g.tables, torch.zeros(len(items), 1, dtype=torch.long), **limits, phase=phase
+            )
         if self.state is None:
-            self.state = {k: v.new_zeros((self.slots,)) for k, v in row.items()}
+            self.state = {k: v.new_zeros((self.slots,)) for k, v in rows.items()}
             self.proposed = {k: v.clone() for k, v in self.state.items()}
-        for k, v in row.items():
-            self.state[k][slot] = v[0]
-            self.proposed[k][slot] = v[0]
-        history = list(prompt) + output
-        temperature = float(params.temperature)
-        sampling = temperature >= _SAMPLING_EPS
-        top_k = params.top_k if params.top_k and params.top_k > 0 else self.vocab
+        index = torch.tensor(slots, device=self.device)
+        for k, v in rows.items():
+            self.state[k][index] = v
+            self.proposed[k][index] = v
+        last = [(p + o)[-1] if p or o else 0 for p, o in zip(prompts, outputs)]
+        temperature = [float(p.temperature) for p in params]
+        sampling = [t >= _SAMPLING_EPS for t in temperature]
+        top_k = [min(p.top_k, self.vocab) if p.top_k and p.top_k > 0 else self.vocab for p in params]
         values = {
-            "on": True,
+            "on": [True] * len(items),
             "sampling": sampling,
-            "group": group,
-            "last": history[-1] if history else 0,
-            "token": history[-1] if history else 0,
-            "temperature": temperature if sampling else 1.0,
-            "top_k": min(top_k, self.vocab),
-            "top_p": float(params.top_p),
-            "min_p": float(params.min_p),
+            "group": [group] * len(items),
+            "last": last,
+            "token": last,
+            "outcome": [0] * len(items),
+            "attempt_won": [False] * len(items),
+            "temperature": [t if s else 1.0 for t, s in zip(temperature, sampling)],
+            "top_k": top_k,
+            "top_p": [float(p.top_p) for p in params],
+            "min_p": [float(p.min_p) for p in params],
         }
         for k, v in values.items():
-            self.slot[k][slot] = v
-        self.host["on"][slot], self.host["sampling"][slot], self.host["group"][slot] = True, sampling, group
-        self.host["truncate"][slot] = params.min_p > 0 or top_k < self.vocab or params.top_p < 1
+            self.slot[k][index] = torch.tensor(v, dtype=self.slot[k].dtype, device=self.device)
+        self.host["on"][slots], self.host["sampling"][slots], self.host["group"][slots] = (
+            True,
+            sampling,
+            group,
+        )
+        self.host["truncate"][slots] = [
+            p.min_p > 0 or k < self.vocab or p.top_p < 1 for p, k in zip(params, top_k)
+        ]
 
     def remove(self, slot: int) -> None:
         self.slot["on"][slot] = False
@@ -266,38 +301,44 @@ class _Rows:
             return
         grew = appended & self.slot["on"][slots]
         last = torch.where(last >= 0, last, self.slot["token"][slots]).clamp(0, self.vocab - 1)
+        # Rows left to the engine's pick (see `_greedy`) whose pick shows that the model attempted
+        # to end: their proposal assumed it did not; propose again from the same state.
+        attempted = grew & self.slot["attempt_won"][slots] & (last == self.slot["outcome"][slots])
+        if bool(attempted.any()):
+            before = {k: v[slots] for k, v in self.state.items()}
+            previous = self.slot["last"][slots]
+            placeholder = torch.full_like(last, self.placeholder)
+
+            def redo(t):
+                return core.advance(before, t, t["end_ids"][:1].expand_as(last), previous, placeholder)[0]
+
+            redone = self._by_group(slots, redo, slots_np)
+            for k, v in self.proposed.items():
+                v[slots] = torch.where(attempted, redone[k], v[slots])
         merged = {k: torch.where(grew, self.proposed[k][slots], v[slots]) for k, v in self.state.items()}
         absorbed = self._by_group(slots, lambda t: core.absorb(merged, t, last), slots_np)
         for k, v in self.state.items():
             v[slots] = torch.where(grew, absorbed[k], merged[k])
         self.slot["last"][slots] = torch.where(grew, last, self.slot["last"][slots])
 
-    def step(self, logits: torch.Tensor, slots: torch.Tensor, slots_np: np.ndarray) -> torch.Tensor:
-        """Propose every row's next state and force its token into ``logits`` (row i is ``slots[i]``)."""
+    def step(self, logits: torch.Tensor, slots, slots_np) -> torch.Tensor:
+        """Propose every row's next state and force its token into ``logits`` (row i is ``slots[i]``;
+        ``slots`` is an index tensor, or a slice of the persistent batch)."""
         on_np = self.host["on"][slots_np]
         if self.state is None or not on_np.any():
             return logits
-        sampling = bool(self.host["sampling"][slots_np][on_np].any())
         s = {k: v[slots] for k, v in self.state.items()}
-        # Each row's best few candidates in one pass: the first is what the model would emit, the
-        # first non-attempt among them is what replaces a forbidden attempt.
-        k = max(g.attempts for g in self.groups) + 1
-        candidates = self._ranking(logits, slots, slots_np, sampling).topk(k, -1).indices
-        choice = candidates[:, 0]
-        last = self.slot["last"][slots]
-
-        def advance(t):
-            # Rows that may not end here (s1's min_tokens=1, or suppression without a wait string)
-            # take their best (or a sampled) non-attempt token instead.
-            alternative = None
-            if bool(core.needs_alternative(s, t, choice).any()):
-                allowed = ~t["is_attempt"][candidates]
-                alternative = candidates.gather(1, allowed.int().argmax(-1, keepdim=True)).squeeze(1)
-            new, token, forced = core.advance(s, t, choice, last, alternative)
-            return {**new, "_token": token, "_forced": forced}
-
-        out = self._by_group(slots, advance, slots_np)
-        token, forced = out.pop("_token"), out.pop("_forced") & self.slot["on"][slots]
+        on = self.slot["on"][slots]
+        # Only thinking rows with nothing queued read the model's choice: the others skip every
+        # pass over the vocabulary.
+        choosing = self._by_group(slots, lambda t: {"c": core.choosing(s, t)}, slots_np)["c"] & on
+        if (self.host["sampling"][slots_np] & on_np).any() and bool(
+            (choosing & self.slot["sampling"][slots]).any()
+        ):
+            out = self._sampled(logits, s, slots, slots_np)
+        else:
+            out = self._greedy(logits, s, slots, slots_np, choosing)
+        token, forced = out.pop("_token"), out.pop("_forced") & on
         for k, v in self.proposed.items():
             v[slots] = out[k]
         self.slot["token"][slots] = token
@@ -305,6 +346,103 @@ class _Rows:
         # probability 1 at any temperature (finite, so vLLM's sampler never sees inf - inf).
         kept = logits.gather(1, token[:, None])
         return logits.scatter_(1, token[:, None], torch.where(forced[:, None], _FORCE, kept))
+
+    def _greedy(self, logits, s, slots, slots_np, choosing) -> dict:
+        """Greedy rows, without a pass over the vocabulary.
+
+        What an attempt to end thinking turns into (the first token of a Wait, of the forced end,
+        of the end delimiter, or the best non-attempt token under s1's min_tokens=1) is known from
+        the state alone, so it is written into the scores: the attempts are banned and that token
+        takes the best of its own and the attempts' scores. The engine's argmax is then exactly
+        the token the row must emit; the row is left to it, and `commit` reads from the token it
+        picked whether that was an attempt (the attempts' best score beat the token's own). Only
+        suppression without a wait string (the model's own choice decides ``ignored``) needs the
+        choosing rows' argmax, found with one max pass over their scores."""
+        last = self.slot["last"][slots]
+        placeholder = torch.full_like(last, self.placeholder)  # a non-attempt: "the model does not end"
+
+        def outcome(t):
+            attempt = t["end_ids"][:1].expand_as(last)  # every attempt ends (or is ignored) alike
+            _, token, _ = core.advance(s, t, attempt, last, placeholder)
+            best, which = logits[:, t["attempt_ids"]].max(-1)
+            return {
+                "token": token,
+                "replaced": core.needs_alternative(s, t, attempt),
+                "is_attempt": t["is_attempt"][token],
+                "best": best,
+                "best_id": t["attempt_ids"][which],
+            }
+
+        o = self._by_group(slots, outcome, slots_np)
+        exact = choosing & o["replaced"] & ~s["fresh"]  # suppression without a wait string
+        deferred = choosing & ~exact
+        choice = placeholder.clone()
+        maybe = self._maybe_attempt(logits, exact)
+        rows = maybe.nonzero().squeeze(1)
+        if len(rows):
+            choice[rows] = logits.index_select(0, rows).argmax(-1)
+
+        def advance(t):
+            alternative = None
+            need = core.needs_alternative(s, t, choice)
+            if bool(need.any()):
+                rows = need.nonzero().squeeze(1)
+                best = logits.index_select(0, rows).masked_fill_(t["is_attempt"], float("-inf")).argmax(-1)
+                alternative = choice.index_put((rows,), best)
+            new, token, forced = core.advance(s, t, choice, last, alternative)
+            return {**new, "_token": token, "_forced": forced & ~(choosing & ~maybe)}
+
+        out = self._by_group(slots, advance, slots_np)
+        # Whether an emitted outcome token was an attempt (argmax ties go to the lower id).
+        own = logits.gather(1, o["token"][:, None]).squeeze(1)
+        won = o["is_attempt"] | (o["best"] > own) | ((o["best"] == own) & (o["best_id"] < o["token"]))
+        self.slot["outcome"][slots] = o["token"]
+        self.slot["attempt_won"][slots] = deferred & ~o["replaced"] & won
+        if bool(deferred.any()):
+            keep = deferred & ~o["replaced"]
+            self._fold(logits, deferred, keep, torch.maximum(own, o["best"]), o["token"], slots, slots_np)
+        return out
+
+    def _fold(self, logits, rows, keep, score, token, slots, slots_np) -> None:
+        """In ``rows``, ban the attempts to end; in ``keep``, ``token`` takes ``score``."""
+        groups = np.unique(self.host["group"][slots_np][self.host["on"][slots_np]])
+        for g in groups:
+            mine = rows & (self.slot["group"][slots] == int(g)) if len(groups) > 1 else rows
+            index = mine.nonzero()
+            logits[index, self.groups[int(g)].tables["attempt_ids"][None]] = float("-inf")
+        index = keep.nonzero().squeeze(1)
+        logits[index, token[index]] = score[index]
+
+    def _maybe_attempt(self, logits: torch.Tensor, choosing: torch.Tensor) -> torch.Tensor:
+        """Choosing rows whose best score is an attempt's (ties included): a max, no argmax."""
+        count = int(choosing.sum())
+        if count == 0:
+            return choosing
+        if 2 * count >= logits.shape[0]:
+            return choosing & (logits[:, self.attempt_ids].amax(-1) >= logits.amax(-1))
+        rows = choosing.nonzero().squeeze(1)  # few rows: read only theirs
+        scores = logits.index_select(0, rows)
+        maybe = scores[:, self.attempt_ids].amax(-1) >= scores.amax(-1)
+        return torch.zeros_like(choosing).index_put_((rows,), maybe)
+
+    def _sampled(self, logits, s, slots, slots_np) -> dict:
+        """Batches with sampled thinking rows: each row's best few candidates in one pass over a
+        ranking (see `_ranking`): the first is the model's choice, the first non-attempt among them
+        what replaces a forbidden attempt."""
+        k = max(g.attempts for g in self.groups) + 1
+        candidates = self._ranking(logits, slots, slots_np, True).topk(k, -1).indices
+        choice = candidates[:, 0]
+        last = self.slot["last"][slots]
+
+        def advance(t):
+            alternative = None
+            if bool(core.needs_alternative(s, t, choice).any()):
+                allowed = ~t["is_attempt"][candidates]
+                alternative = candidates.gather(1, allowed.int().argmax(-1, keepdim=True)).squeeze(1)
+            new, token, forced = core.advance(s, t, choice, last, alternative)
+            return {**new, "_token": token, "_forced": forced}
+
+        return self._by_group(slots, advance, slots_np)
 
     def _by_group(self, slots: torch.Tensor, fn, slots_np: np.ndarray) -> dict:
         """``fn(tables)`` for each settings group among ``slots``, merged row by row."""
@@ -348,13 +486,12 @@ class _Rows:
         return torch.where(self.slot["sampling"][slots, None], race, logits)
 
 
-def _config_eos(vllm_config) -> list[int] | None:
+def _config_eos(model: str, revision: str | None = None) -> list[int] | None:
     """The model's generation-config EOS ids (vLLM stops on them too), if it has one."""
     from transformers import GenerationConfig
 
-    mc = vllm_config.model_config
     try:
-        return GenerationConfig.from_pretrained(mc.model, revision=mc.revision).eos_token_id
+        return GenerationConfig.from_pretrained(model, revision=revision).eos_token_id
     except (OSError, ValueError):
         return None
 
@@ -407,7 +544,12 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
             self._pending: list[tuple[int, Settings, Any]] = []
         tokenizer = _tokenizer(vllm_config)
         self._rows = _Rows(
-            tokenizer, vocab, slots, device, vllm_config.model_config.seed, _config_eos(vllm_config)
+            tokenizer,
+            vocab,
+            slots,
+            device,
+            vllm_config.model_config.seed,
+            _config_eos(vllm_config.model_config.model, vllm_config.model_config.revision),
         )
         self._outputs: list[list[int] | None] = [None] * slots  # V1: each slot's live output list
         self._lengths = np.zeros(slots, dtype=np.int64)  # V1: output length at the last step
@@ -427,9 +569,12 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
         for slot in batch_update.removed:
             rows.remove(slot)
             self._outputs[slot] = None
-        for slot, params, prompt, output in batch_update.added:
-            settings = settings_from_params(params)
-            rows.add(slot, settings, params, prompt or [], output)
+        added = [
+            (slot, settings_from_params(params), params, prompt or [], output)
+            for slot, params, prompt, output in batch_update.added
+        ]
+        rows.add(added)
+        for slot, _, _, _, output in added:
             self._outputs[slot] = output if rows.host["on"][slot] else None
             self._lengths[slot] = len(output)
         for a, b, direction in batch_update.moved:
@@ -447,8 +592,8 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
 
     def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
         n = logits.shape[0]
-        slots_np = np.arange(n)
-        if not self._rows.host["on"][:n].any():
+        rows = slice(0, n)  # V1: row i of the persistent batch is slot i
+        if not self._rows.host["on"][rows].any():
             return logits
         # Which requests got a token since the last step (chunked prefill samples without keeping).
         outs = self._outputs[:n]
@@ -456,12 +601,11 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
         appended = lengths > self._lengths[:n]
         last = [o[-1] if g else -1 for o, g in zip(outs, appended)]
         self._lengths[:n] = lengths
-        slots = torch.arange(n, device=logits.device)
         device = logits.device
         self._rows.commit(
-            slots, slots_np, torch.as_tensor(appended, device=device), torch.tensor(last, device=device)
+            rows, rows, torch.as_tensor(appended, device=device), torch.tensor(last, device=device)
         )
-        return self._rows.step(logits, slots, slots_np)
+        return self._rows.step(logits, rows, rows)
 
     # ---------------------------------------------------------------------------- V2 interface
     def add_request(self, req_idx: int, sampling_params) -> bool:
@@ -476,11 +620,13 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
         # The model runner has flushed the request's tokens to the device: read its prompt (and
         # what it generated before a preemption) once.
         rs = self._req_states
+        added = []
         for slot, settings, params in self._pending:
             prompt_len, prefill_len = int(rs.prompt_len.np[slot]), int(rs.prefill_len.np[slot])
             ids = rs.all_token_ids.gpu[slot, :prefill_len].tolist()
-            self._rows.add(slot, settings, params, ids[:prompt_len], ids[prompt_len:])
+            added.append((slot, settings, params, ids[:prompt_len], ids[prompt_len:]))
             self._seen[slot] = prefill_len
+        self._rows.add(added)
         self._pending.clear()
 
     def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
