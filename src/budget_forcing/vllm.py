@@ -141,7 +141,6 @@ def _group(tokenizer, settings: Settings, vocab: int, flags, config_eos=None) ->
     core.check_sequences(seqs, fmt, wait, prefix, eos)
     core.check_vocab(seqs, eos, vocab)
     t = core.build_tables(seqs, vocab, *flags, flags[0].device, eos_ids=eos, stop_id=stop_id)
-    t["attempt_ids"] = t["is_attempt"].nonzero().squeeze(1)
     return _Group(fmt, t, [tokenizer.decode([e]) for e in eos], tokenizer, len(t["attempt_ids"]))
 
 
