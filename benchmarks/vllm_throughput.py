@@ -13,8 +13,9 @@
 The model is a randomly initialised Qwen2 with Qwen2.5's full vocabulary (151,936 scores per row);
 ``--size 0.5b`` is Qwen2.5-0.5B's shape (for GPUs), ``small`` (2 layers, hidden 128) keeps CPU runs
 short but makes a step so cheap that the full-vocabulary logits dominate it, ``wide`` (Qwen2.5-0.5B's
-width, 2 of its 24 layers) is a CPU-sized shape whose step has a realistic share of layers. A logit bias
-on the end delimiter's first token makes the random model try to end thinking now and then.
+width, 2 of its 24 layers) is a CPU-sized shape whose step has a realistic share of layers. A random
+model thinks without end; a second logits processor (`Attempts`) makes it try to end thinking after
+about ``--period`` tokens, at places that depend on the text only, in every run alike.
 
 Usage:
     python benchmarks/vllm_throughput.py                       # GPU: 0.5b, batch 64
@@ -32,6 +33,9 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
+from vllm.v1.sample.logits_processor import MoveDirectionality
+from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
 
 if not torch.cuda.is_available():
     # One core or two: the engine in this process, so that a front-end process does not take
@@ -68,6 +72,64 @@ def build(path: str, size: str):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return tok
+
+
+class Attempts(V1LogitsProcessor, V2LogitsProcessor):
+    """Stands in for a model that tries to end its thinking now and then: a request with
+    ``extra_args={"attempt_period": p, "attempt_id": i}`` gets +40 on token ``i`` whenever
+    ``(length * 7 + last token) % p == 0``. That is a function of the tokens alone, so a one-pass
+    run and s1's multi-call loop over the same text see the same attempts (segments of about
+    ``p`` tokens, of varied lengths). Both of vLLM's logits-processor interfaces, like ours."""
+
+    def __init__(self, vllm_config, *args) -> None:
+        self.req_states = args[0] if len(args) == 1 else None
+        slots = vllm_config.scheduler_config.max_num_seqs if self.req_states is None else args[0].max_num_reqs
+        device = args[0] if self.req_states is None else self.req_states.device
+        self.period = torch.zeros(slots, dtype=torch.long, device=device)
+        self.target = torch.zeros(slots, dtype=torch.long, device=device)
+        self.rows: dict[int, tuple[int, int, list[int], list[int]]] = {}  # V1: slot -> settings, ids
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update) -> None:  # V1
+        if batch_update is None:
+            return
+        for slot in batch_update.removed:
+            self.rows.pop(slot, None)
+        for slot, params, prompt, output in batch_update.added:
+            extra = params.extra_args or {}
+            self.rows.pop(slot, None)
+            if extra.get("attempt_period"):
+                self.rows[slot] = (extra["attempt_period"], extra["attempt_id"], prompt or [], output)
+        for a, b, direction in batch_update.moved:
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if rb is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = rb
+
+    def add_request(self, req_idx: int, sampling_params) -> bool:  # V2
+        extra = sampling_params.extra_args or {}
+        self.period[req_idx] = extra.get("attempt_period") or 0
+        self.target[req_idx] = extra.get("attempt_id") or 0
+        return bool(extra.get("attempt_period"))
+
+    def apply(self, logits: torch.Tensor, ctx=None) -> torch.Tensor:
+        if ctx is None:  # V1: row i is slot i
+            for slot, (period, target, prompt, output) in self.rows.items():
+                last = output[-1] if output else prompt[-1]
+                if slot < logits.shape[0] and (7 * (len(prompt) + len(output)) + last) % period == 0:
+                    logits[slot, target] += 40.0
+            return logits
+        slots = ctx.expanded_idx_mapping.long()
+        total = self.req_states.total_len.gpu[slots].long()
+        last = self.req_states.all_token_ids.gpu[slots, (total - 1).clamp(min=0)].long()
+        period = self.period[slots]
+        hit = (period > 0) & ((7 * total + last) % period.clamp(min=1) == 0)
+        rows = torch.arange(len(slots), device=logits.device)
+        logits[rows, self.target[slots]] += 40.0 * hit
+        return logits
 
 
 def timed(first, second, repeats: int):
@@ -140,7 +202,7 @@ def main(args) -> None:
     processor_cost(path, args.batch)
     llm = LLM(
         path,
-        logits_processors=[BudgetForcing],
+        logits_processors=[Attempts, BudgetForcing],  # in this order: ours sees the attempts
         enforce_eager=args.enforce_eager,
         max_model_len=2048,
         max_num_seqs=args.batch,
@@ -157,7 +219,7 @@ def main(args) -> None:
     ]
     prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
     end0 = tok.encode("<|im_start|>answer", add_special_tokens=False)[0]
-    bias = {end0: args.bias}
+    attempts = {"attempt_period": args.period, "attempt_id": end0}
 
     def run(params):
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
@@ -168,14 +230,13 @@ def main(args) -> None:
     forced = SamplingParams(
         temperature=0,
         max_tokens=args.tokens + 32,
-        logit_bias=bias,
-        extra_args=vars(settings),
+        extra_args={**vars(settings), **attempts},
         detokenize=False,
     )
     outs, _ = run(forced)  # warm-up; greedy: every run generates these lengths
     lengths = [len(o.outputs[0].token_ids) for o in outs]
     plain = [
-        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, logit_bias=bias, detokenize=False)
+        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, extra_args=attempts, detokenize=False)
         for n in lengths
     ]
     t_bf, (outs, n_tokens), t_plain, (_, n_plain) = timed(
@@ -196,11 +257,10 @@ def main(args) -> None:
     one_pass = SamplingParams(
         temperature=0,
         max_tokens=args.tokens + 32 + cap,
-        logit_bias=bias,
-        extra_args=vars(s1),
+        extra_args={**vars(s1), **attempts},
         detokenize=False,
     )
-    gen = greedy_generate(llm, logit_bias=bias)
+    gen = greedy_generate(llm, extra_args=attempts)
 
     def loop():
         return s1_generate(
@@ -232,11 +292,15 @@ def main(args) -> None:
     ours = SamplingParams(
         temperature=0,
         max_tokens=args.tokens + 24,
-        extra_args={"max": args.tokens, "format": "s1", "answer_prefix": None},
+        extra_args={"max": args.tokens, "format": "s1", "answer_prefix": None, **attempts},
         detokenize=False,
     )
     builtin = SamplingParams(
-        temperature=0, max_tokens=args.tokens + 24, thinking_token_budget=args.tokens, detokenize=False
+        temperature=0,
+        max_tokens=args.tokens + 24,
+        thinking_token_budget=args.tokens,
+        extra_args=attempts,
+        detokenize=False,
     )
 
     def run_opened(params):
@@ -271,7 +335,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=256, help="thinking budget")
     parser.add_argument(
-        "--bias", type=float, default=4.0, help="logit bias on the end delimiter's first token"
+        "--period", type=int, default=32, help="the model tries to end thinking about every N tokens"
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--enforce-eager", action="store_true")

@@ -141,7 +141,6 @@ def _group(tokenizer, settings: Settings, vocab: int, flags, config_eos=None) ->
     core.check_sequences(seqs, fmt, wait, prefix, eos)
     core.check_vocab(seqs, eos, vocab)
     t = core.build_tables(seqs, vocab, *flags, flags[0].device, eos_ids=eos, stop_id=stop_id)
-    t["attempt_ids"] = t["is_attempt"].nonzero().squeeze(1)
     return _Group(fmt, t, [tokenizer.decode([e]) for e in eos], tokenizer, len(t["attempt_ids"]))
 
 
@@ -660,13 +659,15 @@ def request_stats(
     """
     per_request = [settings] * len(outputs) if isinstance(settings, Settings) else list(settings)
     rows = [(o.prompt_token_ids, c.token_ids, s) for o, s in zip(outputs, per_request) for c in o.outputs]
-    flags = core.vocab_flags(tokenizer, len(tokenizer))
+    # The model's scores may be wider than the tokenizer (padded embeddings): cover every id seen.
+    vocab = max([len(tokenizer)] + [max(ids) + 1 for p, g, _ in rows for ids in (p, g) if len(ids)])
+    flags = core.vocab_flags(tokenizer, vocab)
     result = core.BudgetStats(
         [0] * len(rows), [0] * len(rows), [0] * len(rows), [0] * len(rows), [False] * len(rows)
     )
     for key in dict.fromkeys(s.strings for _, _, s in rows):
         where = [i for i, (_, _, s) in enumerate(rows) if s.strings == key]
-        g = _group(tokenizer, rows[where[0]][2], len(tokenizer), flags, config_eos)
+        g = _group(tokenizer, rows[where[0]][2], vocab, flags, config_eos)
         prompts = [list(rows[i][0]) for i in where]
         got = read_stats(
             g.tables,
