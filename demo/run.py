@@ -56,7 +56,8 @@ class DemoArguments:
     )
     hidden_size: int = field(default=128, metadata={"help": "Hidden size of the Qwen2 model."})
     num_layers: int = field(
-        default=4, metadata={"help": "Layers of the Qwen2 model (hidden 128, MLP 512, 4 layers: ~1M parameters)."}
+        default=4,
+        metadata={"help": "Layers of the Qwen2 model (hidden 128, MLP 512, 4 layers: ~1M parameters)."},
     )
     intermediate_size: int = field(default=512, metadata={"help": "MLP width of the Qwen2 model."})
     vocab_size: int = field(default=400, metadata={"help": "Vocabulary size of the demo tokenizer."})
