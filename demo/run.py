@@ -82,7 +82,7 @@ class DemoArguments:
         default=1,
         metadata={
             "help": "CPU threads of the SFT stage (at most --threads). 1 by default: a second thread speeds "
-            "this model's small matrices up only ~1.1x, and one thread sums in the same order on every "
+            "this model's small matrices up only ~1.2x, and one thread sums in the same order on every "
             "machine; 0: --threads."
         },
     )
