@@ -82,8 +82,8 @@ class DemoArguments:
         default=1,
         metadata={
             "help": "CPU threads of the SFT stage (at most --threads). 1 by default: a second thread speeds "
-            "this model's small matrices up only ~1.2x, and one thread sums in the same order on every "
-            "machine; 0: --threads."
+            "this model's small matrices up only ~1.2x, and one thread sums in the same order whatever the "
+            "core count; 0: --threads."
         },
     )
     threads: int | None = field(
