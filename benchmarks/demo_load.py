@@ -3,10 +3,11 @@
 Runs the demo's real SFT stage (``accelerate launch recipes/sft.py --config demo/configs/sft.yaml``
 on the demo model and pool) for ``--steps`` optimizer steps, side by side:
 
-1. ``quiet``: thread count picked by ``budget_forcing.threads`` (what the demo does), nothing else;
+1. ``quiet``: what the demo does: cores picked by ``budget_forcing.threads``, then one one-thread
+   SFT process per free core (at most two, data parallel), nothing else;
 2. ``competitor``: the same, while one CPU-bound process spins on a core;
-3. ``competitor, old settings``: as the demo ran before, every core's worth of threads and OpenMP's
-   default spin-waiting, while the competitor spins.
+3. ``competitor, old settings``: as the demo ran before, one process with every core's worth of
+   threads and OpenMP's default spin-waiting, while the competitor spins.
 
 It prints seconds per step (the trainer's own ``train_runtime``, so start-up is not counted) and the
 slowdown of each setting against the quiet one. With one competitor on 2 cores the demo should slow
@@ -41,24 +42,31 @@ def prepare(workdir: Path, pool_size: int) -> tuple[Path, Path]:
     """The demo's untrained model and a pool in s1K columns (what the SFT recipe reads)."""
     from budget_forcing.testing import tiny_model
     from demo.make_pool import make_pool, tokenizer_corpus, write_jsonl
+    from demo.run import DemoArguments as Demo
     from demo.tokenizer import demo_tokenizer
 
     pool = [row for row in make_pool(pool_size, seed=0, defective=0.0)]
     data = write_jsonl(pool, workdir / "pool.jsonl")
-    tokenizer = demo_tokenizer(tokenizer_corpus(pool))
-    model = tiny_model(tokenizer, hidden_size=128, num_layers=5, seed=0)
+    tokenizer = demo_tokenizer(tokenizer_corpus(pool), vocab_size=Demo.vocab_size)
+    model = tiny_model(
+        tokenizer,
+        hidden_size=Demo.hidden_size,
+        num_layers=Demo.num_layers,
+        intermediate_size=Demo.intermediate_size,
+        seed=0,
+    )
     model.generation_config.max_length = None
     tokenizer.save_pretrained(workdir / "init_model")
     model.save_pretrained(workdir / "init_model")
     return workdir / "init_model", data
 
 
-def train(model: Path, data: Path, out: Path, steps: int, env: dict[str, str]) -> float:
+def train(model: Path, data: Path, out: Path, steps: int, env: dict[str, str], processes: int) -> float:
     """Seconds per optimizer step of the demo's SFT recipe (the trainer's ``train_runtime``)."""
     from demo.run import sft_command
 
     cmd = [
-        *sft_command("demo/configs/sft.yaml", model, data, out),
+        *sft_command("demo/configs/sft.yaml", model, data, out, processes),
         "--answer_prefix",
         "",
         "--max_steps",
@@ -83,6 +91,7 @@ def train(model: Path, data: Path, out: Path, steps: int, env: dict[str, str]) -
 
 def main(argv: list[str] | None = None) -> None:
     from budget_forcing.threads import pick_threads, thread_env, usable_cores
+    from demo.run import DemoArguments, sft_processes
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per setting")
@@ -107,25 +116,29 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(2 if competitors else 0)  # let the load show before picking threads
             try:
                 if mode == "old":
-                    threads, env = cores, old_env
+                    threads, processes, env = cores, 1, old_env
                 else:  # what the demo does: look at the machine now (the competitor running), then pick
                     threads = pick_threads(args.threads if competitors == 0 else None, cores=cores)
-                    env = thread_env(threads)
+                    processes = sft_processes(threads, DemoArguments.sft_processes)
+                    env = thread_env(1)
                 begin = time.perf_counter()
-                per_step = train(model, data, Path(tmp) / mode / str(competitors), args.steps, env)
+                out = Path(tmp) / mode / str(competitors)
+                per_step = train(model, data, out, args.steps, env, processes)
                 wall = time.perf_counter() - begin
             finally:
                 for p in spinners:
                     p.terminate()
                     p.wait()
-            results.append((name, competitors, threads, per_step, wall))
+            results.append((name, competitors, f"{processes} x {env['OMP_NUM_THREADS']}", per_step, wall))
             print(
-                f"{name:>26}: {threads} thread(s), {competitors} competitor(s): {per_step:.3f} s/step "
+                f"{name:>26}: {results[-1][2]} thread(s), {competitors} competitor(s): {per_step:.3f} s/step "
                 f"({wall:.0f} s wall)",
                 flush=True,
             )
     base = results[0][3]
-    print("\n| setting | threads | competitors | s/step | slowdown vs quiet |\n|---|---|---|---|---|")
+    print(
+        "\n| setting | processes x threads | competitors | s/step | slowdown vs quiet |\n|---|---|---|---|---|"
+    )
     for name, competitors, threads, per_step, _ in results:
         print(f"| {name} | {threads} | {competitors} | {per_step:.3f} | {per_step / base:.2f}x |")
     print(f"load average at the end: {os.getloadavg()}")

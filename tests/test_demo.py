@@ -216,6 +216,25 @@ def test_shrunk_demo_runs_end_to_end(tmp_path):
     assert "Control" in (out / "table.md").read_text()
 
 
+def test_sft_splits_the_config_batch_over_one_thread_processes(tmp_path):
+    from demo.run import ROOT, sft_command, sft_processes
+
+    assert [sft_processes(threads, 2) for threads in (1, 2, 3, 8)] == [1, 2, 2, 2]
+    one = sft_command("demo/configs/sft.yaml", "m", "d.parquet", "o")
+    assert one[one.index("--config_file") + 1] == "recipes/accelerate_configs/cpu.yaml"
+    assert "--per_device_train_batch_size" not in one  # the config's batch, in one process
+    two = sft_command("demo/configs/sft.yaml", "m", "d.parquet", "o", processes=2)
+    assert two[two.index("--config_file") + 1] == "recipes/accelerate_configs/cpu_2proc.yaml"
+    assert two[two.index("--num_processes") + 1] == "2"
+    # each process takes half of the config's batch of 16: the global batch, and so the recipe, stay the same
+    assert two[two.index("--per_device_train_batch_size") + 1] == "8"
+    assert (ROOT / two[two.index("--config_file") + 1]).exists()
+    odd = tmp_path / "sft.yaml"
+    odd.write_text("per_device_train_batch_size: 5\n")
+    with pytest.raises(ValueError, match="multiple of --sft_processes"):
+        sft_command(str(odd), "m", "d.parquet", "o", processes=2)
+
+
 def test_try_line_uses_this_interpreters_script_and_a_short_path(tmp_path, monkeypatch):
     from demo.run import TRY_QUESTION, try_command
 
