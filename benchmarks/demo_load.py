@@ -6,7 +6,9 @@ on the demo model and pool) for ``--steps`` optimizer steps, side by side:
 1. ``quiet``: what the demo does: cores picked by ``budget_forcing.threads``, then one one-thread
    SFT process per free core (at most two, data parallel), nothing else;
 2. ``competitor``: the same, while one CPU-bound process spins on a core;
-3. ``competitor, old settings``: as the demo ran before, one process with every core's worth of
+3. ``competitor started later``: the demo's pick on the quiet machine (two one-thread processes), then
+   the competitor starts: one process shares its core, and the other waits for it at every step;
+4. ``competitor, old settings``: as the demo ran before, one process with every core's worth of
    threads and OpenMP's default spin-waiting, while the competitor spins.
 
 It prints seconds per step (the trainer's own ``train_runtime``, so start-up is not counted) and the
@@ -17,6 +19,7 @@ Other programs running at the same time move every figure: compare the ratios of
 Usage:
     python -m benchmarks.demo_load                 # 60 steps per setting
     python -m benchmarks.demo_load --steps 30 --competitors 2
+    python -m benchmarks.demo_load --settings quiet late
 """
 
 from __future__ import annotations
@@ -100,25 +103,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="threads of the quiet run (default: picked from the load)"
     )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["quiet", "competitor", "late", "old"],
+        choices=["quiet", "competitor", "late", "old"],
+        help="which settings to run (the slowdowns are against the first one run)",
+    )
     args = parser.parse_args(argv)
 
     cores = usable_cores()
     print(f"{cores} usable cores; load average at the start {os.getloadavg()}")
     old_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")}
     old_env |= {"OMP_NUM_THREADS": str(cores), "TOKENIZERS_PARALLELISM": "true"}
-    settings = [("quiet", 0, "auto"), ("competitor", args.competitors, "auto")]
-    settings.append(("competitor, old settings", args.competitors, "old"))
+    settings = {
+        "quiet": ("quiet", 0, "auto"),
+        "competitor": ("competitor", args.competitors, "auto"),
+        "late": ("competitor started later", args.competitors, "late"),
+        "old": ("competitor, old settings", args.competitors, "old"),
+    }
+    settings = [settings[key] for key in args.settings]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model, data = prepare(Path(tmp), args.pool_size)
         for name, competitors, mode in settings:
+            if mode == "late":  # picked on the quiet machine, as if the competitor came later
+                threads = pick_threads(args.threads, cores=cores)
             spinners = [_competitor() for _ in range(competitors)]
             time.sleep(2 if competitors else 0)  # let the load show before picking threads
             try:
                 if mode == "old":
                     threads, processes, env = cores, 1, old_env
-                else:  # what the demo does: look at the machine now (the competitor running), then pick
-                    threads = pick_threads(args.threads if competitors == 0 else None, cores=cores)
+                else:  # what the demo does: look at the machine (the competitor running, unless late), pick
+                    if mode != "late":
+                        threads = pick_threads(args.threads if competitors == 0 else None, cores=cores)
                     processes = sft_processes(threads, DemoArguments.sft_processes)
                     env = thread_env(1)
                 begin = time.perf_counter()
