@@ -1,5 +1,5 @@
 # Developer and demo commands. `make demo` works on a fresh clone: it creates .venv, installs the
-# CPU build of torch and the package with every extra, then runs "s1 in miniature".
+# CPU build of torch and the package with the extras the demo needs, then runs "s1 in miniature".
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
