@@ -314,10 +314,16 @@ class _Rows:
             redone = self._by_group(slots, redo, slots_np)
             for k, v in self.proposed.items():
                 v[slots] = torch.where(attempted, redone[k], v[slots])
-        merged = {k: torch.where(grew, self.proposed[k][slots], v[slots]) for k, v in self.state.items()}
+        # Usually every row got its token: take the proposals whole, no per-row choice.
+        every = bool(grew.all())
+        merged = {
+            k: self.proposed[k][slots] if every else torch.where(grew, self.proposed[k][slots], v[slots])
+            for k, v in self.state.items()
+        }
         absorbed = self._by_group(slots, lambda t: core.absorb(merged, t, last), slots_np)
         for k, v in self.state.items():
-            v[slots] = torch.where(grew, absorbed[k], merged[k])
+            new = absorbed[k]  # the very tensor of `merged` for the keys `absorb` leaves alone
+            v[slots] = new if every or new is merged[k] else torch.where(grew, new, merged[k])
         self.slot["last"][slots] = torch.where(grew, last, self.slot["last"][slots])
 
     def step(self, logits: torch.Tensor, slots, slots_np) -> torch.Tensor:
