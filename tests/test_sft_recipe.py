@@ -274,6 +274,23 @@ def test_the_final_model_is_saved_in_bf16(tmp_path, model_dir):
     assert saved_dtypes(tmp_path / "kept" / "model.safetensors") == {torch.float32}
 
 
+def test_a_compiled_model_is_saved_under_its_own_weight_names(tmp_path, model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trainer = small_run(model_dir, tmp_path)
+    # as `accelerate launch --dynamo_backend inductor` leaves it (compiling itself waits for a call)
+    trainer.model_wrapped = torch.compile(trainer.model)
+    assert next(iter(trainer.model_wrapped.state_dict())).startswith("_orig_mod.")
+    out = tmp_path / "compiled"
+    sft.save_model(trainer, str(out), "float32")
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    trained = trainer.model.state_dict()
+    assert reloaded.state_dict().keys() == trained.keys()
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+
+
 def test_fsdp2_recipes_save_bf16():
     for name in ("s1-32B", "s1.1-32B"):  # bf16 models, trained by FSDP2 as fp32 master weights
         script_args, _, model_args = parse_recipe(str(ROOT / f"recipes/configs/sft/{name}.yaml"))

@@ -395,6 +395,9 @@ def save_model(trainer, output_dir: str, dtype: str | None = "bfloat16") -> None
     accelerator = trainer.accelerator
     state_dict = accelerator.get_state_dict(trainer.model_wrapped)  # gathered on rank 0 under FSDP
     if accelerator.is_main_process:
+        # A model under torch.compile (`accelerate launch --dynamo_backend ...`) names every weight
+        # `_orig_mod.<name>`: saved as such, `from_pretrained` would find none of them.
+        state_dict = {name.removeprefix("_orig_mod."): t for name, t in state_dict.items()}
         cast: dict[tuple, torch.Tensor] = {}  # tied weights (embeddings = lm_head) stay one tensor
         state_dict = {
             name: cast.setdefault((t.data_ptr(), t.shape), t.to(target))
