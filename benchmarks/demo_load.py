@@ -43,24 +43,12 @@ def _competitor() -> subprocess.Popen:
 
 def prepare(workdir: Path, pool_size: int) -> tuple[Path, Path]:
     """The demo's untrained model and a pool in s1K columns (what the SFT recipe reads)."""
-    from budget_forcing.testing import tiny_model
-    from demo.make_pool import make_pool, tokenizer_corpus, write_jsonl
-    from demo.run import DemoArguments as Demo
-    from demo.tokenizer import demo_tokenizer
+    from demo.make_pool import make_pool, write_jsonl
+    from demo.run import DemoArguments, save_init_model
 
-    pool = [row for row in make_pool(pool_size, seed=0, defective=0.0)]
+    pool = make_pool(pool_size, seed=0, defective=0.0)
     data = write_jsonl(pool, workdir / "pool.jsonl")
-    tokenizer = demo_tokenizer(tokenizer_corpus(pool), vocab_size=Demo.vocab_size)
-    model = tiny_model(
-        tokenizer,
-        hidden_size=Demo.hidden_size,
-        num_layers=Demo.num_layers,
-        intermediate_size=Demo.intermediate_size,
-        seed=0,
-    )
-    model.generation_config.max_length = None
-    tokenizer.save_pretrained(workdir / "init_model")
-    model.save_pretrained(workdir / "init_model")
+    save_init_model(DemoArguments(), pool, workdir / "init_model")
     return workdir / "init_model", data
 
 
@@ -132,13 +120,12 @@ def main(argv: list[str] | None = None) -> None:
             spinners = [_competitor() for _ in range(competitors)]
             time.sleep(2 if competitors else 0)  # let the load show before picking threads
             try:
+                if mode == "auto":  # what the demo does: look at the machine now (competitor running), pick
+                    threads = pick_threads(args.threads if competitors == 0 else None, cores=cores)
                 if mode == "old":
                     threads, processes, env = cores, 1, old_env
-                else:  # what the demo does: look at the machine (the competitor running, unless late), pick
-                    if mode != "late":
-                        threads = pick_threads(args.threads if competitors == 0 else None, cores=cores)
-                    processes = sft_processes(threads, DemoArguments.sft_processes)
-                    env = thread_env(1)
+                else:
+                    processes, env = sft_processes(threads, DemoArguments.sft_processes), thread_env(1)
                 begin = time.perf_counter()
                 out = Path(tmp) / mode / str(competitors)
                 per_step = train(model, data, out, args.steps, env, processes)

@@ -175,14 +175,27 @@ def stage_data(args: DemoArguments, out: Path) -> dict[str, Any]:
     """Pool, evaluation set, tokenizer and the untrained model."""
     import torch
 
-    from budget_forcing.testing import tiny_model
-    from demo.make_pool import make_eval_set, make_pool, tokenizer_corpus, write_jsonl
-    from demo.tokenizer import demo_tokenizer
+    from demo.make_pool import make_eval_set, make_pool, write_jsonl
 
     eval_rows = make_eval_set(args.eval_size, seed=args.seed + 12345)
     pool = make_pool(args.pool_size, seed=args.seed, exclude={row["question"] for row in eval_rows})
     pool_path = write_jsonl(pool, out / "data" / "pool.jsonl")
     eval_path = write_jsonl(eval_rows, out / "data" / "eval.jsonl")
+    init_dir = out / "init_model"
+    params, vocab = save_init_model(args, pool, init_dir)
+    torch.manual_seed(args.seed)
+    print(f"pool: {len(pool)} rows -> {pool_path}\neval: {len(eval_rows)} rows -> {eval_path}")
+    print(f"untrained model: {params:,} parameters, vocabulary {vocab} -> {init_dir}")
+    return {"pool": str(pool_path), "eval": str(eval_path), "init_model": str(init_dir), "parameters": params}
+
+
+def save_init_model(args: DemoArguments, pool: list[dict], path: Path) -> tuple[int, int]:
+    """The demo tokenizer trained on ``pool`` and the randomly initialised model of ``args``' shape,
+    saved to ``path``; returns the model's parameter count and the vocabulary size."""
+    from budget_forcing.testing import tiny_model
+    from demo.make_pool import tokenizer_corpus
+    from demo.tokenizer import demo_tokenizer
+
     tokenizer = demo_tokenizer(tokenizer_corpus(pool), vocab_size=args.vocab_size)
     model = tiny_model(
         tokenizer,
@@ -192,15 +205,9 @@ def stage_data(args: DemoArguments, out: Path) -> dict[str, Any]:
         seed=args.seed,
     )
     model.generation_config.max_length = None
-    init_dir = out / "init_model"
-    tokenizer.save_pretrained(init_dir)
-    model.save_pretrained(init_dir)
-    params = sum(p.numel() for p in model.parameters())
-    del model
-    torch.manual_seed(args.seed)
-    print(f"pool: {len(pool)} rows -> {pool_path}\neval: {len(eval_rows)} rows -> {eval_path}")
-    print(f"untrained model: {params:,} parameters, vocabulary {len(tokenizer)} -> {init_dir}")
-    return {"pool": str(pool_path), "eval": str(eval_path), "init_model": str(init_dir), "parameters": params}
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters()), len(tokenizer)
 
 
 def stage_select(args: DemoArguments, out: Path, data: dict[str, Any]) -> dict[str, Any]:
