@@ -8,7 +8,7 @@
 2. Processor cost: microseconds per decoding step of ``BudgetForcing.__call__`` alone at batch
    1, 32 and 256 on full-vocabulary (151,936) scores.
 3. One pass vs s1's multi-call procedure (``budget_forcing.reference``) on the same batch
-   (16 prompts, 2 waits each), identical greedy outputs asserted.
+   (16 prompts, 2 waits each), rows with identical greedy outputs counted (all of them in float32).
 
 The model is a randomly initialised Qwen2 of Qwen2.5-0.5B's shape (``--size 0.5b``, default on
 GPU) or a small one for CPU smoke runs (``--size small``).
@@ -176,18 +176,17 @@ def one_pass_vs_multicall(tok, model, device: str, batch: int, budget: int) -> N
     sync(device)
     t_multi = time.perf_counter() - t
 
+    # Identical in float32; in bfloat16 a row's logits depend on its batch and padding, so greedy
+    # decoding may part ways between the one batch and s1's per-row calls: count, do not assert.
     width = inputs.input_ids.shape[1]
-    for row, r in zip(out, ref):
-        new = row[width:].tolist()
-        new = new[: len(r.generated)]
-        assert new == r.generated, "one-pass and multi-call outputs differ"
+    same = [row[width : width + len(r.generated)].tolist() == r.generated for row, r in zip(out, ref)]
     stats = bf.stats
-    assert stats.waits == [r.waits for r in ref]
+    assert all(w == r.waits for w, r, ok in zip(stats.waits, ref, same) if ok)
     calls = sum(r.calls for r in ref)
     print(
         f"batch {batch}, max {budget}, waits/row {sum(stats.waits) / batch:.1f}: one pass {t_one:.2f} s | "
         f"multi-call {t_multi:.2f} s ({calls} per-row generate rounds) | speed-up {t_multi / t_one:.2f}x "
-        "(outputs identical)"
+        f"(outputs identical on {sum(same)}/{batch} rows)"
     )
 
 

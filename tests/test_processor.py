@@ -29,6 +29,7 @@ SYNTHETIC_ONLY = {
     "test_auto_format_from_chat_template",
     "test_generate_argument_errors",
     "test_compiled_state_update_matches_eager",
+    "test_state_update_gets_contiguous_tensors",
     "test_reuse_detects_new_calls_and_reset",
     "test_num_return_sequences_expands_per_prompt_budgets",
 }
@@ -449,6 +450,26 @@ def test_generate_argument_errors(model, tokenizer):
     with pytest.raises(ValueError, match="assistant"):
         assistant = tiny_model(tok, dtype=torch.float64, seed=1)
         run(model, tok, texts[:1], BudgetForcing(tok, max=5, format="think"), assistant_model=assistant)
+
+
+def test_state_update_gets_contiguous_tensors(model, tokenizer):
+    """compile=True guards on strides: a strided view (``input_ids[:, -1]``, whose stride is the
+    sequence length) would make the compiled state update recompile at every step."""
+    tok = tokenizer
+    seen: list[bool] = []
+
+    def checked(fn):
+        def step(*args):
+            seen.extend(a.is_contiguous() for a in args if isinstance(a, torch.Tensor))
+            return fn(*args)
+
+        return step
+
+    bf = BudgetForcing(tok, min=3, max=14, format="s1", num_waits=2, max_answer_tokens=5)
+    bf._kernels = lambda: (checked(core.absorb), checked(core.decide))
+    run(model, tok, chat_prompts(tok, QUESTIONS[:3]), bf, nudge_for(tok, "s1", period=3), max_new_tokens=40)
+    assert len(seen) > 20 and all(seen)
+    assert sum(bf.stats.waits) > 0
 
 
 @pytest.mark.slow

@@ -351,7 +351,8 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         """A full step of every row's state machine."""
         self._settle()
         s, t = self._state, self._tables
-        last = input_ids[:, -1].to(s["phase"].device)
+        # Contiguous: a compiled state update guards on strides, and this view's stride grows each step.
+        last = input_ids[:, -1].to(s["phase"].device).contiguous()
         # With no choice every row's token is forced (or frozen): any ids do as the choice.
         new, token, _, replace = self._step_fn(s, t, last if choice is None else choice, last)
         # Rows whose attempt is skipped or suppressed take the best (or a sampled) non-attempt token.
