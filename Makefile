@@ -9,8 +9,11 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIP_ARGS ?=
 # pip compiles every module of torch, transformers, ... to bytecode up front; without that, Python
-# compiles the modules a program imports on first use (a fresh install takes half the time).
+# compiles the modules a program imports on first use (a fresh install takes half the time) and
+# caches them, unless PYTHONDONTWRITEBYTECODE is set: then every process (each SFT worker, each test
+# subprocess) would compile the same modules again, ~12 s each. So the venvs keep their bytecode.
 pip_install = $(1)/bin/python -m pip install --no-compile
+unexport PYTHONDONTWRITEBYTECODE
 DEMO_ARGS ?=
 # vLLM's CPU build pins torch==2.13.0+cpu and transformers<5.20, so its tests run in their own venv.
 VLLM_VENV ?= .venv-vllm
