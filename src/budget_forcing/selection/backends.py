@@ -142,9 +142,13 @@ class LocalHFBackend(ChatBackend):
 
     def generate(self, conversations: Sequence[Messages]) -> Iterator[tuple[int, str | BackendError]]:
         cfg, tok = self.config, self.tokenizer
-        for start in range(0, len(conversations), cfg.batch_size):
-            batch = conversations[start : start + cfg.batch_size]
-            prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        # Batches of prompts of similar length: less padding to run through the model.
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        for start in range(0, len(order), cfg.batch_size):
+            rows = order[start : start + cfg.batch_size]
+            prompts = [texts[i] for i in rows]
             inputs = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(cfg.device)
             sample = cfg.temperature > 0
             kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_tokens}
@@ -160,8 +164,8 @@ class LocalHFBackend(ChatBackend):
             with self.torch.no_grad():
                 out = self.model.generate(**inputs, **kwargs, pad_token_id=tok.pad_token_id)
             new = out[:, inputs["input_ids"].shape[1] :]
-            for offset, ids in enumerate(new):
-                yield start + offset, self._decode(ids.tolist())
+            for row, ids in zip(rows, new):
+                yield row, self._decode(ids.tolist())
 
     def _decode(self, ids: list[int]) -> str:
         tok = self.tokenizer
