@@ -142,7 +142,9 @@ class LocalHFBackend(ChatBackend):
 
     def generate(self, conversations: Sequence[Messages]) -> Iterator[tuple[int, str | BackendError]]:
         cfg, tok = self.config, self.tokenizer
-        texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        texts = [
+            tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+        ]
         # Batches of prompts of similar length: less padding to run through the model.
         lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
