@@ -157,9 +157,9 @@ def _limits(settings: Sequence[Settings]) -> dict:
 class _Rows:
     """Budget-forcing state for every request slot of an engine, kept in tensors on its device.
 
-    The committed state is what each slot's request is in after its last appended token. Each
-    step proposes the next state; the adapter commits a slot's proposal only when the engine
-    really appended a token for it (a chunked-prefill step samples and throws the token away).
+    The state is what each slot's request is in after its last appended token. Each step forces
+    what the rows must emit and records what each row chose; the state advances only when the
+    engine really appended a token for a slot (a chunked-prefill step samples and throws it away).
     """
 
     def __init__(self, tokenizer, vocab_size: int, slots: int, device, seed: int | None, config_eos) -> None:
@@ -171,14 +171,15 @@ class _Rows:
         self.attempt_ids = torch.zeros(0, dtype=torch.long, device=self.device)  # of any group
         self.placeholder = 0  # an id no group takes for an attempt to end
         self.state: core.State | None = None
-        self.proposed: core.State | None = None
         zeros = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.slot = {  # per-slot engine facts, moved along with the state
             "on": torch.zeros(slots, dtype=torch.bool, device=self.device),
             "sampling": torch.zeros(slots, dtype=torch.bool, device=self.device),
             "group": zeros.clone(),
             "last": zeros.clone(),  # the slot's last token (prompt or output)
-            "token": zeros.clone(),  # the token proposed at the last step
+            "token": zeros.clone(),  # the token decided at the last step
+            "choice": zeros.clone(),  # the model's choice at the last step (see `commit`)
+            "deferred": torch.zeros(slots, dtype=torch.bool, device=self.device),  # choice: the engine's pick
             # What an attempt to end would have emitted at the last step, and whether emitting that
             # token there means the model attempted (see `_greedy`).
             "outcome": zeros.clone(),
@@ -241,11 +242,9 @@ class _Rows:
             )
         if self.state is None:
             self.state = {k: v.new_zeros((self.slots,)) for k, v in rows.items()}
-            self.proposed = {k: v.clone() for k, v in self.state.items()}
         index = torch.tensor(slots, device=self.device)
         for k, v in rows.items():
             self.state[k][index] = v
-            self.proposed[k][index] = v
         last = [(p + o)[-1] if p or o else 0 for p, o in zip(prompts, outputs)]
         temperature = [float(p.temperature) for p in params]
         sampling = [t >= _SAMPLING_EPS for t in temperature]
@@ -256,6 +255,8 @@ class _Rows:
             "group": [group] * len(items),
             "last": last,
             "token": last,
+            "choice": last,
+            "deferred": [False] * len(items),
             "outcome": [0] * len(items),
             "attempt_won": [False] * len(items),
             "temperature": [t if s else 1.0 for t, s in zip(temperature, sampling)],
@@ -280,7 +281,7 @@ class _Rows:
 
     def move(self, a: int, b: int, swap: bool) -> None:
         """Move slot ``a`` to ``b`` (``swap``: exchange them)."""
-        for table in (self.state, self.proposed, self.slot, self.host):
+        for table in (self.state, self.slot, self.host):
             if table is None:
                 continue
             for v in table.values():
@@ -295,39 +296,33 @@ class _Rows:
     def commit(
         self, slots: torch.Tensor, slots_np: np.ndarray, appended: torch.Tensor, last: torch.Tensor
     ) -> None:
-        """Slots whose request got ``last`` appended take their proposed state and absorb it."""
+        """Slots whose request got ``last`` appended advance their state by one step and absorb it."""
         if self.state is None:
             return
         grew = appended & self.slot["on"][slots]
         last = torch.where(last >= 0, last, self.slot["token"][slots]).clamp(0, self.vocab - 1)
-        # Rows left to the engine's pick (see `_greedy`) whose pick shows that the model attempted
-        # to end: their proposal assumed it did not; propose again from the same state.
-        attempted = grew & self.slot["attempt_won"][slots] & (last == self.slot["outcome"][slots])
-        if bool(attempted.any()):
-            before = {k: v[slots] for k, v in self.state.items()}
-            previous = self.slot["last"][slots]
-            placeholder = torch.full_like(last, self.placeholder)
+        s = {k: v[slots] for k, v in self.state.items()}
+        previous = self.slot["last"][slots]
+        # A row left to the engine's pick (see `_greedy`) chose what the engine picked, unless that
+        # is the attempt's outcome token and it won on the attempts' score: the model attempted.
+        deferred = self.slot["deferred"][slots]
+        attempted = self.slot["attempt_won"][slots] & (last == self.slot["outcome"][slots])
+        recorded = self.slot["choice"][slots]
 
-            def redo(t):
-                return core.advance(before, t, t["end_ids"][:1].expand_as(last), previous, placeholder)[0]
+        def step(t):
+            picked = torch.where(attempted, t["end_ids"][:1], last)  # every attempt ends alike
+            # The state does not depend on what replaced an attempt (that is the appended token).
+            new = core.decide(s, t, torch.where(deferred, picked, recorded), previous)[0]
+            return core.absorb(new, t, last)
 
-            redone = self._by_group(slots, redo, slots_np)
-            for k, v in self.proposed.items():
-                v[slots] = torch.where(attempted, redone[k], v[slots])
-        # Usually every row got its token: take the proposals whole, no per-row choice.
-        every = bool(grew.all())
-        merged = {
-            k: self.proposed[k][slots] if every else torch.where(grew, self.proposed[k][slots], v[slots])
-            for k, v in self.state.items()
-        }
-        absorbed = self._by_group(slots, lambda t: core.absorb(merged, t, last), slots_np)
+        new = self._by_group(slots, step, slots_np)
+        every = bool(grew.all())  # usually: take the new state whole, no per-row choice
         for k, v in self.state.items():
-            new = absorbed[k]  # the very tensor of `merged` for the keys `absorb` leaves alone
-            v[slots] = new if every or new is merged[k] else torch.where(grew, new, merged[k])
-        self.slot["last"][slots] = torch.where(grew, last, self.slot["last"][slots])
+            v[slots] = new[k] if every else torch.where(grew, new[k], s[k])
+        self.slot["last"][slots] = torch.where(grew, last, previous)
 
     def step(self, logits: torch.Tensor, slots, slots_np) -> torch.Tensor:
-        """Propose every row's next state and force its token into ``logits`` (row i is ``slots[i]``;
+        """Force every row's token into ``logits`` and record each row's choice (row i is ``slots[i]``;
         ``slots`` is an index tensor, or a slice of the persistent batch)."""
         on_np = self.host["on"][slots_np]
         if self.state is None or not on_np.any():
@@ -340,19 +335,19 @@ class _Rows:
         if (self.host["sampling"][slots_np] & on_np).any() and bool(
             (choosing & self.slot["sampling"][slots]).any()
         ):
-            out = self._sampled(logits, s, slots, slots_np)
+            token, forced, choice, deferred = self._sampled(logits, s, slots, slots_np)
         else:
-            out = self._greedy(logits, s, slots, slots_np, choosing)
-        token, forced = out.pop("_token"), out.pop("_forced") & on
-        for k, v in self.proposed.items():
-            v[slots] = out[k]
+            token, forced, choice, deferred = self._greedy(logits, s, slots, slots_np, choosing)
+        forced = forced & on
         self.slot["token"][slots] = token
+        self.slot["choice"][slots] = choice
+        self.slot["deferred"][slots] = deferred
         # Force in O(rows): a logit so far above the rest that argmax takes it and softmax gives it
         # probability 1 at any temperature (finite, so vLLM's sampler never sees inf - inf).
         kept = logits.gather(1, token[:, None])
         return logits.scatter_(1, token[:, None], torch.where(forced[:, None], _FORCE, kept))
 
-    def _greedy(self, logits, s, slots, slots_np, choosing) -> dict:
+    def _greedy(self, logits, s, slots, slots_np, choosing) -> tuple[torch.Tensor, ...]:
         """Greedy rows, without a pass over the vocabulary.
 
         What an attempt to end thinking turns into (the first token of a Wait, of the forced end,
@@ -362,51 +357,44 @@ class _Rows:
         the token the row must emit; the row is left to it, and `commit` reads from the token it
         picked whether that was an attempt (the attempts' best score beat the token's own). Only
         suppression without a wait string (the model's own choice decides ``ignored``) needs the
-        choosing rows' argmax, found with one max pass over their scores."""
+        choosing rows' argmax, found with one max pass over their scores.
+
+        Returns the token per row, whether it is forced, the choice to record, and whether the
+        choice is left to the engine's pick."""
         last = self.slot["last"][slots]
-        placeholder = torch.full_like(last, self.placeholder)  # a non-attempt: "the model does not end"
 
         def outcome(t):
-            attempt = t["end_ids"][:1].expand_as(last)  # every attempt ends (or is ignored) alike
-            _, token, _ = core.advance(s, t, attempt, last, placeholder)
+            # One step as if every row attempted to end: forced rows get their forced token,
+            # choosing rows what their attempt turns into (``replaced``: a non-attempt instead).
+            _, token, decided, replaced = core.decide(s, t, t["end_ids"][:1].expand_as(last), last)
             best, which = logits[:, t["attempt_ids"]].max(-1)
             return {
                 "token": token,
-                "replaced": core.needs_alternative(s, t, attempt),
+                "decided": decided,
+                "replaced": replaced,
                 "is_attempt": t["is_attempt"][token],
                 "best": best,
                 "best_id": t["attempt_ids"][which],
             }
 
         o = self._by_group(slots, outcome, slots_np)
-        exact = choosing & o["replaced"] & ~s["fresh"]  # suppression without a wait string
-        deferred = choosing & ~exact
-        choice = placeholder.clone()
+        token, replaced = o["token"], o["replaced"]
+        choice = torch.full_like(last, self.placeholder)  # a non-attempt: "the model does not end"
+        exact = choosing & replaced & ~s["fresh"]  # suppression without a wait string
         maybe = self._maybe_attempt(logits, exact)
         rows = maybe.nonzero().squeeze(1)
         if len(rows):
             choice[rows] = logits.index_select(0, rows).argmax(-1)
-
-        def advance(t):
-            alternative = None
-            need = core.needs_alternative(s, t, choice)
-            if bool(need.any()):
-                rows = need.nonzero().squeeze(1)
-                best = logits.index_select(0, rows).masked_fill_(t["is_attempt"], float("-inf")).argmax(-1)
-                alternative = choice.index_put((rows,), best)
-            new, token, forced = core.advance(s, t, choice, last, alternative)
-            return {**new, "_token": token, "_forced": forced & ~(choosing & ~maybe)}
-
-        out = self._by_group(slots, advance, slots_np)
+        deferred = choosing & ~exact
         # Whether an emitted outcome token was an attempt (argmax ties go to the lower id).
-        own = logits.gather(1, o["token"][:, None]).squeeze(1)
-        won = o["is_attempt"] | (o["best"] > own) | ((o["best"] == own) & (o["best_id"] < o["token"]))
-        self.slot["outcome"][slots] = o["token"]
-        self.slot["attempt_won"][slots] = deferred & ~o["replaced"] & won
-        if bool(deferred.any()):
-            keep = deferred & ~o["replaced"]
-            self._fold(logits, deferred, keep, torch.maximum(own, o["best"]), o["token"], slots, slots_np)
-        return out
+        keep = choosing & ~replaced
+        own = logits.gather(1, token[:, None]).squeeze(1)
+        won = o["is_attempt"] | (o["best"] > own) | ((o["best"] == own) & (o["best_id"] < token))
+        self.slot["outcome"][slots] = token
+        self.slot["attempt_won"][slots] = keep & won
+        if bool(choosing.any()):
+            self._fold(logits, choosing, keep, torch.maximum(own, o["best"]), token, slots, slots_np)
+        return token, o["decided"] & ~choosing, choice, deferred
 
     def _fold(self, logits, rows, keep, score, token, slots, slots_np) -> None:
         """In ``rows``, ban the attempts to end; in ``keep``, ``token`` takes ``score``."""
@@ -430,24 +418,26 @@ class _Rows:
         maybe = scores[:, self.attempt_ids].amax(-1) >= scores.amax(-1)
         return torch.zeros_like(choosing).index_put_((rows,), maybe)
 
-    def _sampled(self, logits, s, slots, slots_np) -> dict:
+    def _sampled(self, logits, s, slots, slots_np) -> tuple[torch.Tensor, ...]:
         """Batches with sampled thinking rows: each row's best few candidates in one pass over a
         ranking (see `_ranking`): the first is the model's choice, the first non-attempt among them
-        what replaces a forbidden attempt."""
+        what replaces a forbidden attempt. Every row's token is decided here (as in `_greedy`:
+        token, forced, choice, deferred)."""
         k = max(g.attempts for g in self.groups) + 1
         candidates = self._ranking(logits, slots, slots_np, True).topk(k, -1).indices
         choice = candidates[:, 0]
         last = self.slot["last"][slots]
 
-        def advance(t):
-            alternative = None
-            if bool(core.needs_alternative(s, t, choice).any()):
+        def decide(t):
+            _, token, decided, replace = core.decide(s, t, choice, last)
+            if bool(replace.any()):
                 allowed = ~t["is_attempt"][candidates]
                 alternative = candidates.gather(1, allowed.int().argmax(-1, keepdim=True)).squeeze(1)
-            new, token, forced = core.advance(s, t, choice, last, alternative)
-            return {**new, "_token": token, "_forced": forced}
+                token = torch.where(replace, alternative, token)
+            return {"token": token, "decided": decided}
 
-        return self._by_group(slots, advance, slots_np)
+        o = self._by_group(slots, decide, slots_np)
+        return o["token"], o["decided"], choice, torch.zeros_like(o["decided"])
 
     def _by_group(self, slots: torch.Tensor, fn, slots_np: np.ndarray) -> dict:
         """``fn(tables)`` for each settings group among ``slots``, merged row by row."""
