@@ -453,14 +453,17 @@ def test_generate_argument_errors(model, tokenizer):
 
 
 def test_state_update_gets_contiguous_tensors(model, tokenizer):
-    """compile=True guards on strides: a strided view (``input_ids[:, -1]``, whose stride is the
-    sequence length) would make the compiled state update recompile at every step."""
+    """compile=True guards on strides and aliasing: a strided view (``input_ids[:, -1]``, whose
+    stride is the sequence length) or one tensor passed as two arguments would make the compiled
+    state update recompile at every step."""
     tok = tokenizer
     seen: list[bool] = []
 
     def checked(fn):
         def step(*args):
-            seen.extend(a.is_contiguous() for a in args if isinstance(a, torch.Tensor))
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            seen.extend(a.is_contiguous() for a in tensors)
+            seen.append(len({id(a) for a in tensors}) == len(tensors))
             return fn(*args)
 
         return step

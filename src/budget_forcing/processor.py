@@ -353,8 +353,11 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         s, t = self._state, self._tables
         # Contiguous: a compiled state update guards on strides, and this view's stride grows each step.
         last = input_ids[:, -1].to(s["phase"].device).contiguous()
-        # With no choice every row's token is forced (or frozen): any ids do as the choice.
-        new, token, _, replace = self._step_fn(s, t, last if choice is None else choice, last)
+        # With no choice every row's token is forced (or frozen): any ids do as the choice (not
+        # ``last`` itself: a compiled state update guards against a tensor passed twice).
+        new, token, _, replace = self._step_fn(
+            s, t, torch.zeros_like(last) if choice is None else choice, last
+        )
         # Rows whose attempt is skipped or suppressed take the best (or a sampled) non-attempt token.
         if choice is not None and bool(replace.any()):
             alternative = self._pick(input_ids, scores.masked_fill(t["is_attempt"], float("-inf")))
