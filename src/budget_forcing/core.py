@@ -72,7 +72,6 @@ __all__ = [
     "init_state",
     "absorb",
     "choosing",
-    "needs_alternative",
     "advance",
     "decide",
     "Quiet",
@@ -562,17 +561,6 @@ def choosing(s: State, t: Tables) -> torch.Tensor:
     return free & ~at_max
 
 
-def needs_alternative(s: State, t: Tables, choice: torch.Tensor) -> torch.Tensor:
-    """Per row: `advance` will replace ``choice`` by the best non-attempt token, so pass one.
-
-    That is an attempt right at the start of thinking or right after an injected "Wait" (s1's
-    ``min_tokens=1``), or an ignored attempt when there is no wait string (plain suppression).
-    """
-    _, _, attempt = _free_attempts(s, t, choice)
-    allowed = (s["think"] >= s["min"]) & (s["ignored"] >= s["num_waits"])
-    return attempt & (s["fresh"] | (~allowed & (t["seq_len"][SEQ_WAIT] == 0)))
-
-
 def advance(
     s: State,
     t: Tables,
@@ -587,7 +575,7 @@ def advance(
         choice: what the model would emit per row (argmax or sample).
         last: the token before this step per row (decides whether a forced end needs ``"\\n"``).
         alternative: per row, the best (or a sampled) token that is not an attempt to end; needed
-            only for the rows `needs_alternative` names (None when there are none).
+            only for the rows `decide` names as replaced (None when there are none).
 
     Returns:
         The new state, the token per row, and whether that token is decided here (forced tokens
@@ -603,8 +591,9 @@ def decide(
     s: State, t: Tables, choice: torch.Tensor, last: torch.Tensor
 ) -> tuple[State, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`advance` without the alternative: also returns the rows whose token must be replaced by
-    their best non-attempt token (`needs_alternative`). Neither the state nor any other row's
-    token depends on that alternative, so a caller can pick it only when some row needs it."""
+    their best non-attempt token (an attempt right at the start of thinking or right after an
+    injected "Wait", or an ignored attempt with no wait string). Neither the state nor any other
+    row's token depends on that alternative, so a caller can pick it only when some row needs it."""
     phase, seq, pos, think = s["phase"], s["seq"], s["pos"], s["think"]
     queued = pos < t["seq_len"][seq]
     free, at_max, attempt = _free_attempts(s, t, choice)
