@@ -145,13 +145,13 @@ class LocalHFBackend(ChatBackend):
         texts = [
             tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
         ]
+        encoded = tok(texts, add_special_tokens=False)["input_ids"]
         # Batches of prompts of similar length: less padding to run through the model.
-        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
-            prompts = [texts[i] for i in rows]
-            inputs = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(cfg.device)
+            batch = {"input_ids": [encoded[i] for i in rows]}
+            inputs = tok.pad(batch, padding=True, return_tensors="pt").to(cfg.device)
             sample = cfg.temperature > 0
             kwargs: dict[str, Any] = {"do_sample": sample, "max_new_tokens": cfg.max_tokens}
             if sample:
