@@ -130,3 +130,19 @@ def test_quiet_windows_equal_step_by_step(tokenizer, budgets, opened, picks):
     assert tokens == ref_tokens
     for key in ref:
         assert s[key].tolist() == ref[key].tolist(), key
+
+
+def test_compiled_falls_back_to_eager_with_a_warning(monkeypatch):
+    """Where torch.compile cannot build a kernel (no compiler, say), the function runs as it is."""
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    double = core.compiled(lambda x: 2 * x)
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        assert double(torch.tensor(3)).item() == 6
+    assert double(torch.tensor(4)).item() == 8  # eager from then on, without another warning

@@ -9,6 +9,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one in-process e
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for tiny models, cheap to allocate
 
 import random  # noqa: E402
+import shutil  # noqa: E402
+import warnings  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -16,11 +18,13 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from vllm import LLM, SamplingParams, TokensPrompt  # noqa: E402
+from vllm.config import CompilationMode  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
 from vllm_support import Nudge, save_tiny_qwen2  # noqa: E402
 
 from budget_forcing import BudgetForcing as HFBudgetForcing  # noqa: E402
 from budget_forcing import core  # noqa: E402
+from budget_forcing import vllm as bv  # noqa: E402
 from budget_forcing.formats import get_format  # noqa: E402
 from budget_forcing.reference import s1_generate  # noqa: E402
 from budget_forcing.testing import Nudge as HFNudge  # noqa: E402
@@ -256,8 +260,11 @@ class FakeV2Runner:
         return [outputs[i] for i in range(len(requests))]
 
 
-def test_v2_interface_matches_the_hf_processor(model_dir, tok):
-    """The V2 adapter, driven by hand, emits exactly what the HF processor emits for each request."""
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_v2_interface_matches_the_hf_processor(model_dir, tok, compiled, monkeypatch):
+    """The V2 adapter, driven by hand, emits exactly what the HF processor emits for each request,
+    eager and with its per-step state update compiled (as in an engine that compiles its model)."""
+    monkeypatch.setenv("BUDGET_FORCING_COMPILE", "1" if compiled else "0")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
     nudge = HFNudge(attempts(tok), period=11, pad_id=-1)
     prompts = prompts_of(tok) * 2
@@ -273,7 +280,14 @@ def test_v2_interface_matches_the_hf_processor(model_dir, tok):
     ]
     budget = 48
     runner = FakeV2Runner(model, model_dir)
-    got = runner.run([(p, {**s, "format": "s1"}, budget) for p, s in zip(prompts, settings)], nudge)
+    rows, fused = runner.proc._rows, []
+    step = rows._greedy_step
+    rows._greedy_step = lambda *args: fused.append(1) or step(*args)  # the common step's own path
+    with warnings.catch_warnings():
+        if compiled and shutil.which("c++"):  # inductor builds CPU kernels with it
+            warnings.filterwarnings("error", message="torch.compile failed")
+        got = runner.run([(p, {**s, "format": "s1"}, budget) for p, s in zip(prompts, settings)], nudge)
+    assert rows.compiled == compiled and len(fused) >= 10  # besides steps with several groups
     for prompt, s, out in zip(prompts, settings, got):
         bf = HFBudgetForcing(tok, format="s1", **s)
         expected = model.generate(
@@ -291,6 +305,22 @@ def test_v2_interface_matches_the_hf_processor(model_dir, tok):
     stats = request_stats(tok, outputs, [Settings(format="s1", **s) for s in settings])
     assert sum(stats.waits) >= 3 and sum(stats.forced_end) >= 2 and not all(stats.forced_end)
     assert stats.ignored[4] >= 1 and stats.waits[4] == 0  # wait=None only suppresses
+
+
+def test_compiles_with_the_engine(monkeypatch):
+    """The per-step update is compiled where the engine compiles its model; the variable overrides."""
+    monkeypatch.delenv("BUDGET_FORCING_COMPILE", raising=False)
+    assert bv._compiles(
+        SimpleNamespace(compilation_config=SimpleNamespace(mode=CompilationMode.VLLM_COMPILE))
+    )
+    assert not bv._compiles(SimpleNamespace(compilation_config=SimpleNamespace(mode=CompilationMode.NONE)))
+    assert not bv._compiles(SimpleNamespace())
+    monkeypatch.setenv("BUDGET_FORCING_COMPILE", "0")
+    assert not bv._compiles(
+        SimpleNamespace(compilation_config=SimpleNamespace(mode=CompilationMode.VLLM_COMPILE))
+    )
+    monkeypatch.setenv("BUDGET_FORCING_COMPILE", "1")
+    assert bv._compiles(SimpleNamespace())
 
 
 def test_v2_rejects_speculative_decoding(model_dir):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -647,6 +648,24 @@ def decide(
         "pending": (phase == ANSWER) & ~queued,  # answer tokens are sampled by the engine itself
     }
     return state, token, queued | free, replace
+
+
+def compiled(fn):
+    """``fn`` under ``torch.compile(dynamic=True)``; if compiling fails (no C++ compiler, no Triton,
+    ...), a warning, and ``fn`` itself from then on. Compiling happens at the first call."""
+    state = {"fn": torch.compile(fn, dynamic=True)}
+
+    def run(*args):
+        try:
+            return state["fn"](*args)
+        except Exception as err:  # torch.compile raises many error types
+            if state["fn"] is fn:
+                raise
+            warnings.warn(f"torch.compile failed ({err!r:.200}); budget forcing runs eagerly.", stacklevel=2)
+            state["fn"] = fn
+            return fn(*args)
+
+    return run
 
 
 class Quiet(NamedTuple):

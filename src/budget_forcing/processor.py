@@ -23,7 +23,6 @@ module adapts it to ``transformers``' ``generate``.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -65,23 +64,6 @@ def end_overhead(
     fmt = get_format(format, tokenizer)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0  # EOS plays no part here
     return core.encode_sequences(tokenizer, fmt, None, answer_prefix, eos).end_overhead
-
-
-def _fallback(compiled, eager):
-    """Run ``compiled``; if compiling fails, warn once and run ``eager`` from then on."""
-    state = {"fn": compiled}
-
-    def run(*args):
-        try:
-            return state["fn"](*args)
-        except Exception as err:  # torch.compile raises many error types (no compiler, no triton, ...)
-            if state["fn"] is eager:
-                raise
-            warnings.warn(f"torch.compile failed ({err!r:.200}); budget forcing runs eagerly.", stacklevel=2)
-            state["fn"] = eager
-            return eager(*args)
-
-    return run
 
 
 class BudgetForcingLogitsProcessor(LogitsProcessor):
@@ -550,8 +532,8 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             return core.absorb, core.decide
         if self._compiled is None:
             self._compiled = (
-                _fallback(torch.compile(core.absorb, dynamic=True), core.absorb),
-                _fallback(torch.compile(core.decide, dynamic=True), core.decide),
+                core.compiled(core.absorb),
+                core.compiled(core.decide),
             )
         return self._compiled
 

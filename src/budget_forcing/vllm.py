@@ -25,6 +25,7 @@ From the command line: ``vllm serve MODEL --logits-processors budget_forcing.vll
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -127,6 +128,7 @@ class _Group:
     closers: list[str]
     tokenizer: Any
     attempts: int  # how many ids are attempts to end thinking
+    has_wait: bool  # whether ignored attempts inject a wait string (else they are only suppressed)
 
     def phase(self, prompt: Sequence[int]) -> int:
         """Where the prompt leaves thinking, read from its text (as the HF processor does)."""
@@ -141,7 +143,8 @@ def _group(tokenizer, settings: Settings, vocab: int, flags, config_eos=None) ->
     core.check_sequences(seqs, fmt, wait, prefix, eos)
     core.check_vocab(seqs, eos, vocab)
     t = core.build_tables(seqs, vocab, *flags, flags[0].device, eos_ids=eos, stop_id=stop_id)
-    return _Group(fmt, t, [tokenizer.decode([e]) for e in eos], tokenizer, len(t["attempt_ids"]))
+    closers = [tokenizer.decode([e]) for e in eos]
+    return _Group(fmt, t, closers, tokenizer, len(t["attempt_ids"]), bool(seqs.wait))
 
 
 def _limits(settings: Sequence[Settings]) -> dict:
@@ -154,6 +157,94 @@ def _limits(settings: Sequence[Settings]) -> dict:
     )
 
 
+_RECORDS = ("token", "choice", "deferred", "attempt_won", "last")  # what a step records per slot
+
+
+def _take_in(s: core.State, t: core.Tables, r: dict, appended: torch.Tensor, last: torch.Tensor) -> dict:
+    """The state after the token the engine appended since the last step (``last``, one per row).
+
+    ``r`` is what the last step recorded (``_RECORDS``). A row left to the engine's pick chose what
+    the engine picked, unless that is the token decided for it and it won on the attempts' score
+    (see `_plan`): then the model attempted. A row with ``appended`` False keeps its state (a
+    chunked-prefill step samples a token and throws it away). Returns the state and ``"last"``.
+    """
+    last = torch.where(last >= 0, last, r["token"]).clamp(0, t["is_eos"].shape[0] - 1)
+    attempted = r["attempt_won"] & (last == r["token"])
+    picked = torch.where(attempted, t["end_ids"][:1], last)  # every attempt ends alike
+    # The state does not depend on what replaced an attempt (that is the appended token).
+    new = core.decide(s, t, torch.where(r["deferred"], picked, r["choice"]), r["last"])[0]
+    new = core.absorb(new, t, last)
+    new = {k: torch.where(appended, v, s[k]) for k, v in new.items()}
+    return {**new, "last": torch.where(appended, last, r["last"])}
+
+
+def _plan(s: core.State, t: core.Tables, last: torch.Tensor, logits: torch.Tensor, on: torch.Tensor) -> dict:
+    """A greedy step without a pass over the vocabulary, for the rows in ``on``.
+
+    What an attempt to end thinking turns into (the first token of a Wait, of the forced end, of
+    the end delimiter, or the best non-attempt token under s1's min_tokens=1) is known from the
+    state alone, so it goes into the scores: the attempts are banned (``banned``: the attempts'
+    columns to write) and that token takes the best of its own and the attempts' scores
+    (``value``: each row's score for its ``token``; forced rows get `_FORCE`). The engine's argmax
+    is then exactly the token the row must emit, and `_take_in` reads from the token it picked
+    whether that was an attempt (``attempt_won``: the attempts' best score beat the token's own;
+    argmax ties go to the lower id). ``exact``: choosing rows whose suppressed attempt counts only
+    if the model's own choice is one (no wait string)."""
+    # One step as if every row attempted to end: forced rows get their forced token, choosing rows
+    # what their attempt turns into (``replaced``: a non-attempt instead).
+    _, token, decided, replaced = core.decide(s, t, t["end_ids"][:1].expand_as(last), last)
+    choosing = core.choosing(s, t) & on
+    scores = logits[:, t["attempt_ids"]]
+    best, which = scores.max(-1)
+    own = logits.gather(1, token[:, None]).squeeze(1)
+    keep = choosing & ~replaced
+    won = t["is_attempt"][token] | (best > own) | ((best == own) & (t["attempt_ids"][which] < token))
+    # Forced rows: a logit so far above the rest that argmax takes it and softmax gives it
+    # probability 1 at any temperature (finite, so vLLM's sampler never sees inf - inf). A replaced
+    # row's token is the attempt itself (banned); any other row keeps its score.
+    forced = decided & ~choosing & on
+    folded = torch.where(keep, torch.maximum(own, best), torch.where(choosing, float("-inf"), own))
+    value = torch.where(forced, _FORCE, folded)
+    return {
+        "token": token,
+        "choosing": choosing,
+        "exact": choosing & replaced & ~s["fresh"],
+        "attempt_won": keep & won,
+        "value": value,
+        "banned": scores.masked_fill(choosing[:, None], float("-inf")),
+    }
+
+
+def _greedy_step(
+    state: core.State,
+    slot: dict,
+    rows: torch.Tensor | slice,
+    t: core.Tables,
+    appended: torch.Tensor,
+    last: torch.Tensor,
+    logits: torch.Tensor,
+    placeholder: int,
+) -> tuple[torch.Tensor, ...]:
+    """`_take_in` then `_plan` for rows of one settings group with a wait string, all greedy: the
+    common step, as one function that reads and writes the per-slot tensors itself (``rows``: each
+    logits row's slot, or a slice of them), so that compiled it is a few fused kernels. Returns `_plan`'s ``banned``,
+    ``value`` and ``token``."""
+    on = slot["on"][rows]
+    s = _take_in(
+        {k: v[rows] for k, v in state.items()}, t, {k: slot[k][rows] for k in _RECORDS}, appended & on, last
+    )
+    last = s.pop("last")
+    p = _plan(s, t, last, logits, on)
+    for k, v in state.items():
+        v[rows] = s[k]
+    # With a wait string no suppressed attempt needs the model's own choice (``exact`` is empty).
+    for k, v in zip(
+        _RECORDS, (p["token"], torch.full_like(last, placeholder), p["choosing"], p["attempt_won"], last)
+    ):
+        slot[k][rows] = v
+    return p["banned"], p["value"], p["token"]
+
+
 class _Rows:
     """Budget-forcing state for every request slot of an engine, kept in tensors on its device.
 
@@ -162,9 +253,22 @@ class _Rows:
     engine really appended a token for a slot (a chunked-prefill step samples and throws it away).
     """
 
-    def __init__(self, tokenizer, vocab_size: int, slots: int, device, seed: int | None, config_eos) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        vocab_size: int,
+        slots: int,
+        device,
+        seed: int | None,
+        config_eos,
+        compile: bool = False,
+    ) -> None:
         self.tokenizer, self.vocab, self.slots, self.config_eos = tokenizer, vocab_size, slots, config_eos
+        # The per-step state update, as one compiled kernel each where the engine compiles its model.
+        self._greedy_step = core.compiled(_greedy_step) if compile else _greedy_step
+        self.compiled = compile
         self.device = torch.device(device)
+        self.arange = torch.arange(slots, device=self.device)  # V1's rows: slots 0..n-1
         self.flags = core.vocab_flags(tokenizer, vocab_size, self.device)
         self.groups: list[_Group] = []
         self._group_of: dict[tuple, int] = {}
@@ -176,13 +280,13 @@ class _Rows:
             "on": torch.zeros(slots, dtype=torch.bool, device=self.device),
             "sampling": torch.zeros(slots, dtype=torch.bool, device=self.device),
             "group": zeros.clone(),
-            "last": zeros.clone(),  # the slot's last token (prompt or output)
-            "token": zeros.clone(),  # the token decided at the last step
-            "choice": zeros.clone(),  # the model's choice at the last step (see `commit`)
-            "deferred": torch.zeros(slots, dtype=torch.bool, device=self.device),  # choice: the engine's pick
-            # What an attempt to end would have emitted at the last step, and whether emitting that
-            # token there means the model attempted (see `_greedy`).
-            "outcome": zeros.clone(),
+            # What the last step recorded (see `_take_in`): the slot's token then (prompt or output),
+            # the token decided, the model's choice, whether that choice is the engine's pick, and
+            # whether emitting the decided token there means the model attempted to end.
+            "last": zeros.clone(),
+            "token": zeros.clone(),
+            "choice": zeros.clone(),
+            "deferred": torch.zeros(slots, dtype=torch.bool, device=self.device),
             "attempt_won": torch.zeros(slots, dtype=torch.bool, device=self.device),
             "temperature": torch.ones(slots, device=self.device),
             "top_k": torch.full((slots,), vocab_size, dtype=torch.long, device=self.device),
@@ -257,7 +361,6 @@ class _Rows:
             "token": last,
             "choice": last,
             "deferred": [False] * len(items),
-            "outcome": [0] * len(items),
             "attempt_won": [False] * len(items),
             "temperature": [t if s else 1.0 for t, s in zip(temperature, sampling)],
             "top_k": top_k,
@@ -293,118 +396,70 @@ class _Rows:
             self.remove(a)
 
     # ------------------------------------------------------------------------------- each step
-    def commit(
-        self, slots: torch.Tensor, slots_np: np.ndarray, appended: torch.Tensor, last: torch.Tensor
-    ) -> None:
-        """Slots whose request got ``last`` appended advance their state by one step and absorb it."""
-        if self.state is None:
-            return
-        grew = appended & self.slot["on"][slots]
-        last = torch.where(last >= 0, last, self.slot["token"][slots]).clamp(0, self.vocab - 1)
-        s = {k: v[slots] for k, v in self.state.items()}
-        previous = self.slot["last"][slots]
-        # A row left to the engine's pick (see `_greedy`) chose what the engine picked, unless that
-        # is the attempt's outcome token and it won on the attempts' score: the model attempted.
-        deferred = self.slot["deferred"][slots]
-        attempted = self.slot["attempt_won"][slots] & (last == self.slot["outcome"][slots])
-        recorded = self.slot["choice"][slots]
-
-        def step(t):
-            picked = torch.where(attempted, t["end_ids"][:1], last)  # every attempt ends alike
-            # The state does not depend on what replaced an attempt (that is the appended token).
-            new = core.decide(s, t, torch.where(deferred, picked, recorded), previous)[0]
-            return core.absorb(new, t, last)
-
-        new = self._by_group(slots, step, slots_np)
-        every = bool(grew.all())  # usually: take the new state whole, no per-row choice
-        for k, v in self.state.items():
-            v[slots] = new[k] if every else torch.where(grew, new[k], s[k])
-        self.slot["last"][slots] = torch.where(grew, last, previous)
-
-    def step(self, logits: torch.Tensor, slots, slots_np) -> torch.Tensor:
-        """Force every row's token into ``logits`` and record each row's choice (row i is ``slots[i]``;
-        ``slots`` is an index tensor, or a slice of the persistent batch)."""
+    def step(
+        self, logits: torch.Tensor, slots, slots_np: np.ndarray, appended: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
+        """One decoding step (row i is slot ``slots[i]``; ``slots`` is an index tensor, or a slice of
+        the persistent batch): rows whose request got ``last`` appended since the last step take it
+        in (see `_take_in`), then every row's token is forced into ``logits`` and its choice recorded."""
         on_np = self.host["on"][slots_np]
         if self.state is None or not on_np.any():
             return logits
-        s = {k: v[slots] for k, v in self.state.items()}
+        groups = np.unique(self.host["group"][slots_np][on_np])
+        sampling = (self.host["sampling"][slots_np] & on_np).any()
+        if len(groups) == 1 and self.groups[int(groups[0])].has_wait and not sampling:
+            tables = self.groups[int(groups[0])].tables
+            # Eager, a slice of the persistent batch is read and written through views (cheaper);
+            # compiled, an index tensor keeps one kernel for every batch size.
+            rows = self.arange[slots] if self.compiled and isinstance(slots, slice) else slots
+            record = {k: self.slot[k] for k in ("on", *_RECORDS)}
+            banned, value, token = self._greedy_step(
+                self.state, record, rows, tables, appended, last, logits, self.placeholder
+            )
+            return self._write(logits, tables, banned, value, token)
         on = self.slot["on"][slots]
-        # Only thinking rows with nothing queued read the model's choice: the others skip every
-        # pass over the vocabulary.
-        choosing = self._by_group(slots, lambda t: {"c": core.choosing(s, t)}, slots_np)["c"] & on
-        if (self.host["sampling"][slots_np] & on_np).any() and bool(
-            (choosing & self.slot["sampling"][slots]).any()
-        ):
-            token, forced, choice, deferred = self._sampled(logits, s, slots, slots_np)
-        else:
-            token, forced, choice, deferred = self._greedy(logits, s, slots, slots_np, choosing)
-        forced = forced & on
-        self.slot["token"][slots] = token
-        self.slot["choice"][slots] = choice
-        self.slot["deferred"][slots] = deferred
-        # Force in O(rows): a logit so far above the rest that argmax takes it and softmax gives it
-        # probability 1 at any temperature (finite, so vLLM's sampler never sees inf - inf).
-        kept = logits.gather(1, token[:, None])
-        return logits.scatter_(1, token[:, None], torch.where(forced[:, None], _FORCE, kept))
+        s = {k: v[slots] for k, v in self.state.items()}
+        r = {k: self.slot[k][slots] for k in _RECORDS}
+        appended = appended & on
+        s = self._by_group(groups, slots, lambda t: _take_in(s, t, r, appended, last))
+        self.slot["last"][slots] = last = s.pop("last")
+        for k, v in self.state.items():
+            v[slots] = s[k]
+        if sampling:
+            choosing = self._by_group(groups, slots, lambda t: {"c": core.choosing(s, t)})["c"]
+            if bool((choosing & on & self.slot["sampling"][slots]).any()):
+                return self._sampled(logits, s, on, last, slots, slots_np, groups)
+        return self._greedy(logits, s, on, last, slots, groups)
 
-    def _greedy(self, logits, s, slots, slots_np, choosing) -> tuple[torch.Tensor, ...]:
-        """Greedy rows, without a pass over the vocabulary.
+    @staticmethod
+    def _write(logits, tables, banned, value, token) -> torch.Tensor:
+        """Ban the attempts in choosing rows, then write each row's score for its token (`_plan`)."""
+        logits.index_copy_(1, tables["attempt_ids"], banned)
+        return logits.scatter_(1, token[:, None], value[:, None])
 
-        What an attempt to end thinking turns into (the first token of a Wait, of the forced end,
-        of the end delimiter, or the best non-attempt token under s1's min_tokens=1) is known from
-        the state alone, so it is written into the scores: the attempts are banned and that token
-        takes the best of its own and the attempts' scores. The engine's argmax is then exactly
-        the token the row must emit; the row is left to it, and `commit` reads from the token it
-        picked whether that was an attempt (the attempts' best score beat the token's own). Only
-        suppression without a wait string (the model's own choice decides ``ignored``) needs the
-        choosing rows' argmax, found with one max pass over their scores.
+    def _greedy(self, logits, s, on, last, slots, groups) -> torch.Tensor:
+        """Greedy rows, without a pass over the vocabulary (see `_plan`), one settings group at a time.
 
-        Returns the token per row, whether it is forced, the choice to record, and whether the
-        choice is left to the engine's pick."""
-        last = self.slot["last"][slots]
-
-        def outcome(t):
-            # One step as if every row attempted to end: forced rows get their forced token,
-            # choosing rows what their attempt turns into (``replaced``: a non-attempt instead).
-            _, token, decided, replaced = core.decide(s, t, t["end_ids"][:1].expand_as(last), last)
-            best, which = logits[:, t["attempt_ids"]].max(-1)
-            return {
-                "token": token,
-                "decided": decided,
-                "replaced": replaced,
-                "is_attempt": t["is_attempt"][token],
-                "best": best,
-                "best_id": t["attempt_ids"][which],
-            }
-
-        o = self._by_group(slots, outcome, slots_np)
-        token, replaced = o["token"], o["replaced"]
-        choice = torch.full_like(last, self.placeholder)  # a non-attempt: "the model does not end"
-        exact = choosing & replaced & ~s["fresh"]  # suppression without a wait string
-        maybe = self._maybe_attempt(logits, exact)
-        rows = maybe.nonzero().squeeze(1)
-        if len(rows):
-            choice[rows] = logits.index_select(0, rows).argmax(-1)
-        deferred = choosing & ~exact
-        # Whether an emitted outcome token was an attempt (argmax ties go to the lower id).
-        keep = choosing & ~replaced
-        own = logits.gather(1, token[:, None]).squeeze(1)
-        won = o["is_attempt"] | (o["best"] > own) | ((o["best"] == own) & (o["best_id"] < token))
-        self.slot["outcome"][slots] = token
-        self.slot["attempt_won"][slots] = keep & won
-        if bool(choosing.any()):
-            self._fold(logits, choosing, keep, torch.maximum(own, o["best"]), token, slots, slots_np)
-        return token, o["decided"] & ~choosing, choice, deferred
-
-    def _fold(self, logits, rows, keep, score, token, slots, slots_np) -> None:
-        """In ``rows``, ban the attempts to end; in ``keep``, ``token`` takes ``score``."""
-        groups = np.unique(self.host["group"][slots_np][self.host["on"][slots_np]])
+        Only suppression without a wait string (the model's own choice decides ``ignored``) needs
+        the choosing rows' argmax, found with one max pass over their scores."""
+        group = self.slot["group"][slots] if len(groups) > 1 else None
+        records: dict | None = None
         for g in groups:
-            mine = rows & (self.slot["group"][slots] == int(g)) if len(groups) > 1 else rows
-            index = mine.nonzero()
-            logits[index, self.groups[int(g)].tables["attempt_ids"][None]] = float("-inf")
-        index = keep.nonzero().squeeze(1)
-        logits[index, token[index]] = score[index]
+            mine = on if group is None else on & (group == int(g))
+            tables = self.groups[int(g)].tables
+            p = _plan(s, tables, last, logits, mine)
+            choice = torch.full_like(last, self.placeholder)  # a non-attempt: "the model does not end"
+            if not self.groups[int(g)].has_wait:
+                rows = self._maybe_attempt(logits, p["exact"]).nonzero().squeeze(1)
+                if len(rows):
+                    choice[rows] = logits.index_select(0, rows).argmax(-1)
+            p["choice"], p["deferred"] = choice, p["choosing"] & ~p["exact"]
+            self._write(logits, tables, p["banned"], p["value"], p["token"])
+            p = {k: p[k] for k in _RECORDS[:-1]}
+            records = p if records is None else {k: torch.where(mine, p[k], v) for k, v in records.items()}
+        for k, v in records.items():
+            self.slot[k][slots] = v
+        return logits
 
     def _maybe_attempt(self, logits: torch.Tensor, choosing: torch.Tensor) -> torch.Tensor:
         """Choosing rows whose best score is an attempt's (ties included): a max, no argmax."""
@@ -418,15 +473,13 @@ class _Rows:
         maybe = scores[:, self.attempt_ids].amax(-1) >= scores.amax(-1)
         return torch.zeros_like(choosing).index_put_((rows,), maybe)
 
-    def _sampled(self, logits, s, slots, slots_np) -> tuple[torch.Tensor, ...]:
+    def _sampled(self, logits, s, on, last, slots, slots_np, groups) -> torch.Tensor:
         """Batches with sampled thinking rows: each row's best few candidates in one pass over a
         ranking (see `_ranking`): the first is the model's choice, the first non-attempt among them
-        what replaces a forbidden attempt. Every row's token is decided here (as in `_greedy`:
-        token, forced, choice, deferred)."""
+        what replaces a forbidden attempt. Every row's token is decided and forced here."""
         k = max(g.attempts for g in self.groups) + 1
         candidates = self._ranking(logits, slots, slots_np, True).topk(k, -1).indices
         choice = candidates[:, 0]
-        last = self.slot["last"][slots]
 
         def decide(t):
             _, token, decided, replace = core.decide(s, t, choice, last)
@@ -436,17 +489,21 @@ class _Rows:
                 token = torch.where(replace, alternative, token)
             return {"token": token, "decided": decided}
 
-        o = self._by_group(slots, decide, slots_np)
-        return o["token"], o["decided"], choice, torch.zeros_like(o["decided"])
+        o = self._by_group(groups, slots, decide)
+        token, forced = o["token"], o["decided"] & on
+        no = torch.zeros_like(forced)
+        for key, value in zip(_RECORDS, (token, choice, no, no)):
+            self.slot[key][slots] = value
+        kept = logits.gather(1, token[:, None])
+        return logits.scatter_(1, token[:, None], torch.where(forced[:, None], _FORCE, kept))
 
-    def _by_group(self, slots: torch.Tensor, fn, slots_np: np.ndarray) -> dict:
-        """``fn(tables)`` for each settings group among ``slots``, merged row by row."""
-        present = np.unique(self.host["group"][slots_np][self.host["on"][slots_np]])
-        if len(present) <= 1:
-            return fn(self.groups[int(present[0]) if len(present) else 0].tables)
+    def _by_group(self, groups: np.ndarray, slots, fn) -> dict:
+        """``fn(tables)`` for each settings group in ``groups`` (those among ``slots``), merged row by row."""
+        if len(groups) <= 1:
+            return fn(self.groups[int(groups[0]) if len(groups) else 0].tables)
         group = self.slot["group"][slots]
         merged = None
-        for g in present:
+        for g in groups:
             out = fn(self.groups[int(g)].tables)
             if merged is None:
                 merged = out
@@ -489,6 +546,16 @@ def _config_eos(model: str, revision: str | None = None) -> list[int] | None:
         return GenerationConfig.from_pretrained(model, revision=revision).eos_token_id
     except (OSError, ValueError):
         return None
+
+
+def _compiles(vllm_config) -> bool:
+    """Whether the engine compiles its model (not ``enforce_eager``); the per-step state update is
+    compiled then too. ``BUDGET_FORCING_COMPILE=0`` or ``1`` overrides."""
+    override = os.environ.get("BUDGET_FORCING_COMPILE")
+    if override is not None:
+        return override not in ("", "0")
+    mode = getattr(getattr(vllm_config, "compilation_config", None), "mode", None)
+    return mode is not None and int(mode) != 0  # CompilationMode.NONE
 
 
 def _tokenizer(vllm_config):
@@ -545,6 +612,7 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
             device,
             vllm_config.model_config.seed,
             _config_eos(vllm_config.model_config.model, vllm_config.model_config.revision),
+            compile=_compiles(vllm_config),
         )
         self._outputs: list[list[int] | None] = [None] * slots  # V1: each slot's live output list
         self._lengths = np.zeros(slots, dtype=np.int64)  # V1: output length at the last step
@@ -597,10 +665,9 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
         last = [o[-1] if g else -1 for o, g in zip(outs, appended)]
         self._lengths[:n] = lengths
         device = logits.device
-        self._rows.commit(
-            rows, rows, torch.as_tensor(appended, device=device), torch.tensor(last, device=device)
+        return self._rows.step(
+            logits, rows, rows, torch.as_tensor(appended, device=device), torch.tensor(last, device=device)
         )
-        return self._rows.step(logits, rows, rows)
 
     # ---------------------------------------------------------------------------- V2 interface
     def add_request(self, req_idx: int, sampling_params) -> bool:
@@ -637,8 +704,7 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
         appended = total > self._seen[slots]
         last = rs.all_token_ids.gpu[slots, (total - 1).clamp(min=0)].long()
         self._seen[slots] = total
-        self._rows.commit(slots, slots_np, appended, last)
-        return self._rows.step(logits, slots, slots_np)
+        return self._rows.step(logits, slots, slots_np, appended, last)
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
         return self._apply_v1(logits) if ctx is None else self._apply_v2(logits, ctx)
