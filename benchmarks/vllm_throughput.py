@@ -39,8 +39,9 @@ from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2Logi
 
 if not torch.cuda.is_available():
     # One core or two: the engine in this process, so that a front-end process does not take
-    # turns with it on the same cores and blur the ratios.
+    # turns with it on the same cores and blur the ratios. A few GiB of KV cache are plenty.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 
 SIZES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14),
@@ -134,15 +135,53 @@ class Attempts(V1LogitsProcessor, V2LogitsProcessor):
 
 def timed(first, second, repeats: int):
     """Median wall times of ``first()`` and ``second()`` over ``repeats`` runs taken in turns (so a
-    change in the machine's load hits both alike), and their last results."""
+    change in the machine's load hits both alike), and their last results. ``timed.cpu`` holds the
+    median CPU times of this process for the same runs: with the engine in this process (CPU), the
+    work each side did, which other programs on a shared machine do not blur as they blur wall
+    times."""
     times: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
     results = [None, None]
     for _ in range(repeats):
         for i, fn in enumerate((first, second)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             results[i] = fn()
             times[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    timed.cpu = (statistics.median(cpu[0]), statistics.median(cpu[1]))
     return statistics.median(times[0]), results[0], statistics.median(times[1]), results[1]
+
+
+def cpu_ratio() -> str:
+    """The last `timed` pair's CPU-time ratio (second over first, as the wall-time ratios), on CPU."""
+    if torch.cuda.is_available():
+        return ""
+    first, second = timed.cpu
+    return f", CPU time ratio {second / first:.3f}"
+
+
+class ApplyTimer:
+    """CPU time spent in `BudgetForcing.apply` while the engine runs in this process (on CPU): the
+    processor's own cost per step, which the machine's other load does not blur as it blurs wall
+    times."""
+
+    def __init__(self, processor_class) -> None:
+        self.cls, self.seconds, self.calls = processor_class, 0.0, 0
+        self.inner = processor_class.apply
+
+    def __enter__(self):
+        def apply(proc, *args):
+            start = time.thread_time()
+            out = self.inner(proc, *args)
+            self.seconds += time.thread_time() - start
+            self.calls += 1
+            return out
+
+        self.cls.apply = apply
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cls.apply = self.inner
 
 
 def processor_cost(path: str, batch: int, steps: int = 30) -> None:
@@ -239,15 +278,24 @@ def main(args) -> None:
         SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, extra_args=attempts, detokenize=False)
         for n in lengths
     ]
-    t_bf, (outs, n_tokens), t_plain, (_, n_plain) = timed(
-        lambda: run(forced), lambda: run(plain), args.repeats
-    )
+    spent = ApplyTimer(BudgetForcing)
+
+    def run_forced():
+        with spent:
+            return run(forced)
+
+    t_bf, (outs, n_tokens), t_plain, (_, n_plain) = timed(run_forced, lambda: run(plain), args.repeats)
     assert n_plain == n_tokens
     stats = request_stats(tok, outs, settings, [tok.eos_token_id])
+    own = ""
+    if spent.calls:  # the engine ran in this process: the processor's own time per step
+        per_step = spent.seconds / spent.calls
+        share = spent.seconds / args.repeats / timed.cpu[0]
+        own = f"; processor apply {1e3 * per_step:.2f} ms/step of CPU time, {100 * share:.1f}% of the run's"
     print(
         f"(a) batch {args.batch}, {n_tokens} tokens: plain {n_tokens / t_plain:.0f} tok/s, budget forcing "
-        f"{n_tokens / t_bf:.0f} tok/s, ratio {t_plain / t_bf:.3f} "
-        f"(waits {sum(stats.waits)}, forced ends {sum(stats.forced_end)} of {args.batch})"
+        f"{n_tokens / t_bf:.0f} tok/s, ratio {t_plain / t_bf:.3f}{cpu_ratio()} "
+        f"(waits {sum(stats.waits)}, forced ends {sum(stats.forced_end)} of {args.batch}){own}"
     )
 
     # (b) one pass vs s1's multi-call loop
@@ -283,7 +331,7 @@ def main(args) -> None:
             same += mine == row.generated
     print(
         f"(b) batch {args.batch}, 2 waits: one pass {t_one:.2f} s, s1's loop {t_loop:.2f} s, speed-up "
-        f"{t_loop / t_one:.2f}x; identical outputs on {same} of {fits} rows that fit the budget "
+        f"{t_loop / t_one:.2f}x{cpu_ratio()}; identical outputs on {same} of {fits} rows that fit the budget "
         f"({args.batch - fits} overran)"
     )
 
@@ -312,7 +360,7 @@ def main(args) -> None:
     n_b = sum(len(o.outputs[0].token_ids) for o in b)
     print(
         f"(c) batch {args.batch}, max {args.tokens}: ours {n_a / t_ours:.0f} tok/s, thinking_token_budget "
-        f"{n_b / t_builtin:.0f} tok/s, ratio {(n_a / t_ours) / (n_b / t_builtin):.3f}; identical outputs "
+        f"{n_b / t_builtin:.0f} tok/s, ratio {(n_a / t_ours) / (n_b / t_builtin):.3f}{cpu_ratio()}; identical outputs "
         f"{same} of {args.batch} ({n_a} vs {n_b} tokens)"
     )
     if same < args.batch:

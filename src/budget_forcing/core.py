@@ -650,6 +650,14 @@ def decide(
     return state, token, queued | free, replace
 
 
+def _distinct_sizes():
+    try:
+        from torch.fx.experimental import _config
+    except ImportError:  # pragma: no cover - a torch without it
+        return contextlib.nullcontext()
+    return _config.patch(use_duck_shape=False)
+
+
 def compiled(fn):
     """``fn`` under ``torch.compile(dynamic=True)``; if compiling fails (no C++ compiler, no Triton,
     ...), a warning, and ``fn`` itself from then on. Compiling happens at the first call."""
@@ -657,7 +665,10 @@ def compiled(fn):
 
     def run(*args):
         try:
-            return state["fn"](*args)
+            # Without grad (as engines decode: a change would recompile), and without size
+            # equalities guessed from sizes that merely coincide (the batch and a table's width).
+            with torch.no_grad(), _distinct_sizes():
+                return state["fn"](*args)
         except Exception as err:  # torch.compile raises many error types
             if state["fn"] is fn:
                 raise

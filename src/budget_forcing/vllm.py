@@ -595,6 +595,9 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
             device, self._req_states = args[0], None
             slots = vllm_config.scheduler_config.max_num_seqs
             vocab = vllm_config.model_config.get_vocab_size()
+            # Each step's (appended, last token) per row go to the device from here: pinned memory
+            # copies without making the host wait for the model's forward pass to finish.
+            self._staging = torch.zeros((2, slots), dtype=torch.long, pin_memory=bool(args[1]))
         else:  # V2: (req_states)
             (self._req_states,) = args
             device, slots, vocab = (
@@ -661,13 +664,13 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
         # Which requests got a token since the last step (chunked prefill samples without keeping).
         outs = self._outputs[:n]
         lengths = np.array([len(o) if o is not None else 0 for o in outs], dtype=np.int64)
-        appended = lengths > self._lengths[:n]
-        last = [o[-1] if g else -1 for o, g in zip(outs, appended)]
+        staged = self._staging[:, :n]
+        appended, last = staged.numpy()  # views: written in place
+        np.greater(lengths, self._lengths[:n], out=appended)
+        last[:] = [o[-1] if g else -1 for o, g in zip(outs, appended)]
         self._lengths[:n] = lengths
-        device = logits.device
-        return self._rows.step(
-            logits, rows, rows, torch.as_tensor(appended, device=device), torch.tensor(last, device=device)
-        )
+        staged = staged.to(logits.device, non_blocking=True)
+        return self._rows.step(logits, rows, rows, staged[0].bool(), staged[1])
 
     # ---------------------------------------------------------------------------- V2 interface
     def add_request(self, req_idx: int, sampling_params) -> bool:
