@@ -227,8 +227,8 @@ def _greedy_step(
 ) -> tuple[torch.Tensor, ...]:
     """`_take_in` then `_plan` for rows of one settings group with a wait string, all greedy: the
     common step, as one function that reads and writes the per-slot tensors itself (``rows``: each
-    logits row's slot, or a slice of them), so that compiled it is a few fused kernels. Returns `_plan`'s ``banned``,
-    ``value`` and ``token``."""
+    logits row's slot, or a slice of them), so that compiled it is a few fused kernels. Returns
+    `_plan`'s ``banned``, ``value`` and ``token``."""
     on = slot["on"][rows]
     s = _take_in(
         {k: v[rows] for k, v in state.items()}, t, {k: slot[k][rows] for k in _RECORDS}, appended & on, last
