@@ -229,20 +229,29 @@ def _greedy_step(
     common step, as one function that reads and writes the per-slot tensors itself (``rows``: each
     logits row's slot, or a slice of them), so that compiled it is a few fused kernels. Returns
     `_plan`'s ``banned``, ``value`` and ``token``."""
-    on = slot["on"][rows]
-    s = _take_in(
-        {k: v[rows] for k, v in state.items()}, t, {k: slot[k][rows] for k in _RECORDS}, appended & on, last
+    s, last, on = _take_in_rows(
+        state, slot, rows, appended, last, lambda s, r, appended, last: _take_in(s, t, r, appended, last)
     )
-    last = s.pop("last")
     p = _plan(s, t, last, logits, on)
-    for k, v in state.items():
-        v[rows] = s[k]
     # With a wait string no suppressed attempt needs the model's own choice (``exact`` is empty).
-    for k, v in zip(
-        _RECORDS, (p["token"], torch.full_like(last, placeholder), p["choosing"], p["attempt_won"], last)
-    ):
+    choice = torch.full_like(last, placeholder)
+    for k, v in zip(_RECORDS[:-1], (p["token"], choice, p["choosing"], p["attempt_won"])):
         slot[k][rows] = v
     return p["banned"], p["value"], p["token"]
+
+
+def _take_in_rows(state: core.State, slot: dict, rows, appended, last, take_in) -> tuple:
+    """`_take_in` for the slots ``rows`` (``take_in(s, r, appended, last)``): read their state and
+    records, write the new state and ``"last"`` back. Returns the new state, ``last`` and ``on``."""
+    on = slot["on"][rows]
+    s = take_in(
+        {k: v[rows] for k, v in state.items()}, {k: slot[k][rows] for k in _RECORDS}, appended & on, last
+    )
+    last = s.pop("last")
+    for k, v in state.items():
+        v[rows] = s[k]
+    slot["last"][rows] = last
+    return s, last, on
 
 
 class _Rows:
@@ -264,7 +273,7 @@ class _Rows:
         compile: bool = False,
     ) -> None:
         self.tokenizer, self.vocab, self.slots, self.config_eos = tokenizer, vocab_size, slots, config_eos
-        # The per-step state update, as one compiled kernel each where the engine compiles its model.
+        # The common step, compiled where the engine compiles its model.
         self._greedy_step = core.compiled(_greedy_step) if compile else _greedy_step
         self.compiled = compile
         self.device = torch.device(device)
@@ -417,14 +426,16 @@ class _Rows:
                 self.state, record, rows, tables, appended, last, logits, self.placeholder
             )
             return self._write(logits, tables, banned, value, token)
-        on = self.slot["on"][slots]
-        s = {k: v[slots] for k, v in self.state.items()}
-        r = {k: self.slot[k][slots] for k in _RECORDS}
-        appended = appended & on
-        s = self._by_group(groups, slots, lambda t: _take_in(s, t, r, appended, last))
-        self.slot["last"][slots] = last = s.pop("last")
-        for k, v in self.state.items():
-            v[slots] = s[k]
+        s, last, on = _take_in_rows(
+            self.state,
+            self.slot,
+            slots,
+            appended,
+            last,
+            lambda s, r, appended, last: self._by_group(
+                groups, slots, lambda t: _take_in(s, t, r, appended, last)
+            ),
+        )
         if sampling:
             choosing = self._by_group(groups, slots, lambda t: {"c": core.choosing(s, t)})["c"]
             if bool((choosing & on & self.slot["sampling"][slots]).any()):
@@ -492,7 +503,7 @@ class _Rows:
         o = self._by_group(groups, slots, decide)
         token, forced = o["token"], o["decided"] & on
         no = torch.zeros_like(forced)
-        for key, value in zip(_RECORDS, (token, choice, no, no)):
+        for key, value in zip(_RECORDS[:-1], (token, choice, no, no)):
             self.slot[key][slots] = value
         kept = logits.gather(1, token[:, None])
         return logits.scatter_(1, token[:, None], torch.where(forced[:, None], _FORCE, kept))
@@ -669,6 +680,7 @@ class BudgetForcing(V1LogitsProcessor, V2LogitsProcessor):
         np.greater(lengths, self._lengths[:n], out=appended)
         last[:] = [o[-1] if g else -1 for o, g in zip(outs, appended)]
         self._lengths[:n] = lengths
+        # Refilling the buffer next step is safe: the engine waits for each step's sampled tokens.
         staged = staged.to(logits.device, non_blocking=True)
         return self._rows.step(logits, rows, rows, staged[0].bool(), staged[1])
 
